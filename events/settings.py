@@ -1,0 +1,75 @@
+"""The one settings object: every knob of runlog, read from ``RUNLOG_*`` environment variables.
+
+It lives beside the wire contract because both sides need it (the SDK to find Kafka and the
+API, the server to find PostgreSQL) and ``events`` is the only package both sides import.
+Defaults match the local stack that ``runlog up`` starts, so nothing needs configuring there.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RUNLOG_", frozen=True, extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".runlog", description="state directory")
+    bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_controller_port: int | None = Field(default=None, description="default: Kafka port + 1")
+    database_url: str = "postgresql://runlog@127.0.0.1:5432/runlog"
+    api_url: str = "http://127.0.0.1:8080"
+    api_key: str | None = None
+    entity: str | None = None
+    project: str | None = None
+
+    events_topic: str = "runlog.events"
+    dlq_topic: str = "runlog.events.dlq"
+    events_partitions: int = 6
+    consumer_group: str = "runlog-projections"
+    kafka_heap: str = "512m"
+
+    @cached_property
+    def kafka_host(self) -> str:
+        return self.bootstrap_servers.split(",")[0].rsplit(":", 1)[0]
+
+    @cached_property
+    def kafka_port(self) -> int:
+        return int(self.bootstrap_servers.split(",")[0].rsplit(":", 1)[1])
+
+    @cached_property
+    def controller_port(self) -> int:
+        return self.kafka_controller_port or self.kafka_port + 1
+
+    @cached_property
+    def pg_host(self) -> str:
+        return urlsplit(self.database_url).hostname or "127.0.0.1"
+
+    @cached_property
+    def pg_port(self) -> int:
+        return urlsplit(self.database_url).port or 5432
+
+    @cached_property
+    def pg_user(self) -> str:
+        return urlsplit(self.database_url).username or "runlog"
+
+    @cached_property
+    def pg_database(self) -> str:
+        return urlsplit(self.database_url).path.lstrip("/") or "runlog"
+
+    @cached_property
+    def api_host(self) -> str:
+        return urlsplit(self.api_url).hostname or "127.0.0.1"
+
+    @cached_property
+    def api_port(self) -> int:
+        return urlsplit(self.api_url).port or 8080
+
+
+def get_settings() -> Settings:
+    """Settings as the environment says now (not cached: tests change the environment)."""
+    return Settings()
