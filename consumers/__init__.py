@@ -1,0 +1,1 @@
+"""Consumers: processes that read runlog.events and fold them into PostgreSQL read models."""

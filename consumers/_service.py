@@ -1,0 +1,49 @@
+"""Shared main loop of the long-running Python services started by ``runlog up``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from typing import Any, Protocol
+
+from events.settings import Settings, get_settings
+
+
+class Service(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+def apply_home_flag(argv: list[str]) -> None:
+    """``--runlog-home=PATH`` (the marker ``runlog up`` puts on the command line) sets RUNLOG_HOME."""
+    for arg in argv:
+        if arg.startswith("--runlog-home="):
+            os.environ["RUNLOG_HOME"] = arg.split("=", 1)[1]
+
+
+def serve(name: str, factory: Any) -> None:
+    """Build the service, start it, mark it ready, and stop it cleanly on SIGTERM/SIGINT."""
+    apply_home_flag(sys.argv[1:])
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    ready = settings.home / "run" / f"{name}.ready"
+    ready.parent.mkdir(parents=True, exist_ok=True)
+    asyncio.run(_run(factory(settings, ready)))
+
+
+async def _run(service: Service) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await service.start()
+    try:
+        await stop.wait()
+    finally:
+        await service.stop()
+
+
+__all__ = ["Settings", "apply_home_flag", "serve"]

@@ -1,0 +1,140 @@
+"""The projection consumer: FastStream batch subscriber -> decode -> dead-letter or apply.
+
+Wiring only (settings, pool, broker, handler); the work is in ``consumers.postgres`` and
+``projections.fold``. PostgreSQL is the source of truth for the position: on every partition
+assignment we seek to the offsets stored there, and Kafka's committed offset (written after
+the database commit, ``AckPolicy.ACK``) is only a fallback for a fresh database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+
+from events import EventError, decode, utcnow
+from events.settings import Settings
+
+from projections.db import create_pool
+
+from .postgres import Record, apply_batch
+
+log = logging.getLogger("runlog.consumer")
+
+RETRY_BACKOFF = (0.2, 0.5, 1, 2, 5)
+
+
+class RestoreOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
+    """On assignment, seek each partition to the position stored in PostgreSQL."""
+
+    def __init__(self, app: Projector) -> None:
+        self.app = app
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        pass
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        consumer = self.app.subscriber.consumer
+        if consumer is None or not assigned:
+            self.app.on_assigned()
+            return
+        assert self.app.pool is not None
+        rows = await self.app.pool.fetch(
+            "SELECT partition, next_offset FROM consumer_offsets WHERE group_id = $1 AND topic = $2",
+            self.app.settings.consumer_group, self.app.settings.events_topic,
+        )
+        stored = {r["partition"]: r["next_offset"] for r in rows}
+        for tp in assigned:
+            if tp.partition in stored:
+                consumer.seek(tp, stored[tp.partition])
+            else:
+                await consumer.seek_to_beginning(tp)
+        log.info("assigned %s", sorted(tp.partition for tp in assigned))
+        self.app.on_assigned()
+
+
+class Projector:
+    """Holds the broker, the pool and the batch handler of one consumer process."""
+
+    def __init__(self, settings: Settings, ready_file: Any = None) -> None:
+        self.settings = settings
+        self.ready_file = ready_file
+        self.pool: asyncpg.Pool | None = None  # set in start()
+        self.broker = KafkaBroker(settings.bootstrap_servers, client_id="runlog-consumer")
+        self.dlq = self.broker.publisher(settings.dlq_topic)
+        self.subscriber = self.broker.subscriber(
+            settings.events_topic,
+            group_id=settings.consumer_group,
+            batch=True,
+            max_records=2000,
+            batch_timeout_ms=100,
+            auto_offset_reset="earliest",
+            ack_policy=AckPolicy.ACK,
+            listener=RestoreOffsets(self),
+        )
+        self.subscriber(self.handle)
+
+    def on_assigned(self) -> None:
+        if self.ready_file is not None:
+            self.ready_file.touch()
+
+    async def start(self) -> None:
+        self.pool = await create_pool(self.settings.database_url, max_size=4)
+        await self.broker.start()
+
+    async def stop(self) -> None:
+        await self.broker.stop()
+        if self.pool is not None:
+            await self.pool.close()
+
+    async def handle(self, message: KafkaMessage) -> None:
+        # No typed body parameter: FastStream must not decode or validate; we take the raw records.
+        raw: Sequence[ConsumerRecord[bytes, bytes]] = message.raw_message  # type: ignore[assignment]
+        if not isinstance(raw, tuple):
+            raw = (raw,)
+        await self.process(list(raw))
+
+    async def process(self, raw: list[ConsumerRecord[bytes, bytes]]) -> None:
+        """Dead-letter what does not decode, then apply the rest with the offsets in one transaction."""
+        records: list[Record] = []
+        consumed: dict[int, int] = {}
+        for rec in raw:
+            consumed[rec.partition] = max(consumed.get(rec.partition, 0), rec.offset + 1)
+            body = rec.value or b""
+            try:
+                records.append(Record(rec.partition, rec.offset, decode(body), body))
+            except EventError as exc:
+                await self.dead_letter(rec, exc)
+        for attempt, delay in enumerate((*RETRY_BACKOFF, None)):
+            try:
+                assert self.pool is not None
+                async with self.pool.acquire() as conn:
+                    await apply_batch(conn, self.settings.consumer_group, self.settings.events_topic,
+                                      records, consumed)
+                return
+            except (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+                    asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError) as exc:
+                # PostgreSQL is away: back off and retry without advancing; after the last
+                # try the error propagates and FastStream redelivers the batch (no commit).
+                if delay is None:
+                    raise
+                log.warning("PostgreSQL unavailable (%r); retry %d in %.1fs", exc, attempt + 1, delay)
+                await asyncio.sleep(delay)
+
+    async def dead_letter(self, rec: ConsumerRecord[bytes, bytes], exc: EventError) -> None:
+        """Publish the original bytes with the reason and the source position; wait for the ack."""
+        headers = {
+            "runlog-reason": exc.reason,
+            "runlog-error": str(exc)[:2000],
+            "runlog-source": f"{rec.topic}/{rec.partition}/{rec.offset}",
+            "runlog-dead-lettered-at": utcnow().isoformat(),
+        }
+        await self.dlq.publish(rec.value or b"", key=rec.key, headers=headers)
+        log.warning("dead-lettered %s/%d/%d: %s", rec.topic, rec.partition, rec.offset, exc)

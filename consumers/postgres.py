@@ -1,0 +1,207 @@
+"""Apply a batch of decoded events to PostgreSQL in ONE transaction with the consumer offsets.
+
+Exactly-once effect comes from three guards, all inside that transaction:
+1. the partition offsets are locked (``FOR UPDATE``) and records below the stored position
+   are dropped, so a batch redelivered after a crash or rebalance changes nothing;
+2. the event id is the event store's primary key, so a resent event is applied once;
+3. (writer, run, seq) is tracked: a seq at or below the last one seen is a duplicate and
+   skipped, a jump is recorded as a gap.
+The fold itself is pure (``projections.fold``); this module only loads and writes.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, fields
+from typing import Any
+
+import asyncpg
+
+from events import Event
+from projections.fold import HistoryRow, RunState, TransitionRow, fold
+
+
+@dataclass(frozen=True)
+class Record:
+    """One consumed Kafka record that decoded into an event."""
+
+    partition: int
+    offset: int
+    event: Event
+    body: bytes
+
+
+@dataclass
+class BatchResult:
+    applied: int = 0
+    skipped_offsets: int = 0
+    duplicates: int = 0
+
+
+async def apply_batch(conn: asyncpg.Connection, group: str, topic: str,
+                      records: list[Record], consumed: dict[int, int]) -> BatchResult:
+    """Apply ``records`` and move each partition's position to ``consumed[partition]``.
+
+    ``consumed`` maps every partition in the Kafka batch (including ones whose records all
+    went to the dead-letter topic) to its next offset.
+    """
+    result = BatchResult()
+    async with conn.transaction():
+        stored = await _lock_offsets(conn, group, topic, sorted(consumed))
+        fresh = [r for r in records if r.offset >= stored.get(r.partition, 0)]
+        result.skipped_offsets = len(records) - len(fresh)
+        new_ids = await _insert_events(conn, fresh)
+        fresh = [r for r in fresh if r.event.id in new_ids]
+        result.duplicates += len(records) - result.skipped_offsets - len(fresh)
+        fresh = await _check_sequences(conn, fresh, result)
+        if fresh:
+            await _project(conn, [r.event for r in fresh])
+        result.applied = len(fresh)
+        await _store_offsets(conn, group, topic, {p: o for p, o in consumed.items() if o > stored.get(p, 0)})
+    return result
+
+
+async def _lock_offsets(conn: asyncpg.Connection, group: str, topic: str, partitions: list[int]) -> dict[int, int]:
+    # Make sure the rows exist so FOR UPDATE has something to lock (two consumers in a
+    # rebalance hand-over then serialize here instead of both applying one batch).
+    await conn.execute(
+        """INSERT INTO consumer_offsets (group_id, topic, partition, next_offset)
+           SELECT $1, $2, p, 0 FROM unnest($3::int[]) AS p ON CONFLICT DO NOTHING""",
+        group, topic, partitions,
+    )
+    rows = await conn.fetch(
+        """SELECT partition, next_offset FROM consumer_offsets
+           WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int[]) FOR UPDATE""",
+        group, topic, partitions,
+    )
+    return {r["partition"]: r["next_offset"] for r in rows}
+
+
+async def _store_offsets(conn: asyncpg.Connection, group: str, topic: str, positions: dict[int, int]) -> None:
+    if positions:
+        await conn.executemany(
+            """UPDATE consumer_offsets SET next_offset = $4, updated_at = now()
+               WHERE group_id = $1 AND topic = $2 AND partition = $3 AND next_offset < $4""",
+            [(group, topic, p, o) for p, o in positions.items()],
+        )
+
+
+async def _insert_events(conn: asyncpg.Connection, records: list[Record]) -> set[Any]:
+    if not records:
+        return set()
+    rows = await conn.fetch(
+        """INSERT INTO event_store (id, run_path, type, v, writer, seq, event_time, kafka_partition, kafka_offset, body)
+           SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::bigint[],
+                                $7::timestamptz[], $8::int[], $9::bigint[], $10::bytea[])
+           ON CONFLICT (id) DO NOTHING RETURNING id""",
+        [r.event.id for r in records], [r.event.run.path for r in records], [r.event.type for r in records],
+        [r.event.v for r in records], [r.event.source.writer for r in records], [r.event.seq for r in records],
+        [r.event.time for r in records], [r.partition for r in records], [r.offset for r in records],
+        [r.body for r in records],
+    )
+    return {row["id"] for row in rows}
+
+
+async def _check_sequences(conn: asyncpg.Connection, records: list[Record], result: BatchResult) -> list[Record]:
+    """Drop (writer, run) seq duplicates and record gaps; return the records to fold."""
+    if not records:
+        return records
+    writers = sorted({(r.event.source.writer, r.event.run.path) for r in records})
+    rows = await conn.fetch(
+        """SELECT writer, run_path, last_seq FROM writers
+           WHERE (writer, run_path) IN (SELECT * FROM unnest($1::text[], $2::text[])) FOR UPDATE""",
+        [w for w, _ in writers], [p for _, p in writers],
+    )
+    last: dict[tuple[str, str], int] = {(r["writer"], r["run_path"]): r["last_seq"] for r in rows}
+    gaps: dict[tuple[str, str], int] = defaultdict(int)
+    dups: dict[tuple[str, str], int] = defaultdict(int)
+    kept: list[Record] = []
+    meta: dict[tuple[str, str], Event] = {}
+    for r in records:
+        k = (r.event.source.writer, r.event.run.path)
+        seen = last.get(k, -1)
+        if r.event.seq <= seen:
+            dups[k] += 1
+            result.duplicates += 1
+            continue
+        gaps[k] += r.event.seq - seen - 1
+        last[k] = r.event.seq
+        meta[k] = r.event
+        kept.append(r)
+    touched = set(meta) | set(dups)
+    await conn.executemany(
+        """INSERT INTO writers (writer, run_path, source_kind, rank, last_seq, gaps, duplicates)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)
+           ON CONFLICT (writer, run_path) DO UPDATE SET last_seq = EXCLUDED.last_seq,
+               gaps = writers.gaps + EXCLUDED.gaps, duplicates = writers.duplicates + EXCLUDED.duplicates,
+               updated_at = now()""",
+        [(w, p, meta[(w, p)].source.kind if (w, p) in meta else "sdk",
+          meta[(w, p)].source.rank if (w, p) in meta else None,
+          last.get((w, p), -1), gaps.get((w, p), 0), dups.get((w, p), 0)) for (w, p) in sorted(touched)],
+    )
+    return kept
+
+
+RUN_COLUMNS = [f.name for f in fields(RunState)]
+DB_COLUMNS = ["run_group" if c == "group" else c for c in RUN_COLUMNS]
+
+
+async def _project(conn: asyncpg.Connection, events: list[Event]) -> None:
+    """Fold ``events`` (in order) into the runs they touch and write the resulting rows."""
+    paths = list(dict.fromkeys(e.run.path for e in events))
+    parts = [p.split("/", 2) for p in paths]
+    loaded = await conn.fetch(
+        f"""SELECT pk, {', '.join(DB_COLUMNS)} FROM runs
+            WHERE (entity, project, run_id) IN (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))
+            FOR UPDATE""",
+        [p[0] for p in parts], [p[1] for p in parts], [p[2] for p in parts],
+    )
+    states: dict[str, RunState | None] = dict.fromkeys(paths)
+    pks: dict[str, int] = {}
+    for row in loaded:
+        values = {c: row[d] for c, d in zip(RUN_COLUMNS, DB_COLUMNS)}
+        values["tags"] = tuple(values["tags"])
+        st = RunState(**values)
+        path = f"{st.entity}/{st.project}/{st.run_id}"
+        states[path], pks[path] = st, row["pk"]
+
+    history: dict[tuple[str, str, int], HistoryRow] = {}
+    transitions: list[tuple[str, TransitionRow]] = []
+    for event in events:
+        path = event.run.path
+        states[path], rows = fold(states[path], event)
+        for row in rows:
+            if isinstance(row, HistoryRow):
+                history[(path, row.key, row.step)] = row  # the last write of a (key, step) wins
+            else:
+                transitions.append((path, row))
+
+    for path, st in states.items():
+        if st is None:
+            continue
+        values = [getattr(st, c) for c in RUN_COLUMNS]
+        values[RUN_COLUMNS.index("tags")] = list(st.tags)
+        pk = await conn.fetchval(
+            f"""INSERT INTO runs ({', '.join(DB_COLUMNS)}) VALUES ({', '.join(f'${i + 1}' for i in range(len(DB_COLUMNS)))})
+                ON CONFLICT (entity, project, run_id) DO UPDATE SET
+                {', '.join(f'{d} = EXCLUDED.{d}' for d in DB_COLUMNS[3:])}
+                RETURNING pk""",
+            *values,
+        )
+        pks[path] = pk
+
+    if history:
+        await conn.execute(
+            """INSERT INTO history (run_pk, key, step, value, value_json)
+               SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::float8[], $5::jsonb[])
+               ON CONFLICT (run_pk, key, step) DO UPDATE SET value = EXCLUDED.value, value_json = EXCLUDED.value_json""",
+            [pks[p] for p, _, _ in history], [k for _, k, _ in history], [s for _, _, s in history],
+            [h.value for h in history.values()], [h.value_json for h in history.values()],
+        )
+    if transitions:
+        await conn.executemany(
+            """INSERT INTO state_transitions (run_pk, from_state, to_state, accepted, event_time, event_id, actor, reason)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+            [(pks[p], t.from_state, t.to_state, t.accepted, t.event_time, t.event_id, t.actor, t.reason)
+             for p, t in transitions],
+        )

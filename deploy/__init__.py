@@ -1,0 +1,1 @@
+"""Running runlog: the local stack (Kafka, PostgreSQL, services) and the `runlog` command."""

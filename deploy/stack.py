@@ -1,0 +1,128 @@
+"""The local stack: Kafka, PostgreSQL, the projection consumer, the watchdog and the API.
+
+``up`` starts whatever of it is not running, in dependency order, and waits until each part
+is really ready (Kafka accepts topic creation, PostgreSQL accepts a connection and is
+migrated, the consumer has joined its group, the API answers ``/ready``). ``down`` stops, in
+reverse order, exactly the processes ``up`` recorded. Both are idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from events.settings import Settings
+from projections.migrate import migrate_url
+
+from . import kafka, postgres, process
+from .process import StackError
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    module: str
+    what: str
+
+
+PYTHON_SERVICES = [
+    Service("consumer", "consumers", "projection consumer"),
+    Service("watchdog", "consumers.watchdog", "watchdog"),
+    Service("api", "api", "HTTP API"),
+]
+ORDER = ["postgres", "kafka", "consumer", "watchdog", "api"]
+
+
+def ready_file(s: Settings, name: str):
+    return process.run_dir(s.home) / f"{name}.ready"
+
+
+def _marker(s: Settings) -> str:
+    return f"--runlog-home={s.home}"
+
+
+def _start_python(s: Settings, svc: Service) -> bool:
+    if process.running(s.home, svc.name):
+        return False
+    if svc.name == "api":
+        process.ensure_port_free(s.api_host, s.api_port, "The API", "RUNLOG_API_URL")
+    ready_file(s, svc.name).unlink(missing_ok=True)
+    env = {**os.environ, "RUNLOG_HOME": str(s.home), "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "-m", svc.module, _marker(s)]
+    process.spawn(s.home, svc.name, argv, marker=_marker(s), env=env)
+    return True
+
+
+def _wait_python(s: Settings, svc: Service, timeout: float = 60.0) -> None:
+    if svc.name == "api":
+        check: Callable[[], bool] = lambda: _http_ok(f"{s.api_url}/api/v1/ready")  # noqa: E731
+    else:
+        check = ready_file(s, svc.name).exists
+    ok = process.wait_until(lambda: check() or not process.running(s.home, svc.name), timeout, 0.2)
+    if not ok or not process.running(s.home, svc.name):
+        log = process.log_path(s.home, svc.name)
+        raise StackError(f"The {svc.what} did not become ready; last lines of {log}:\n{process.tail(log)}")
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def up(s: Settings, say: Callable[[str], None] = print) -> None:
+    """Start every part that is not running and wait until all are ready."""
+    s.home.mkdir(parents=True, exist_ok=True)
+    started = postgres.start(s)
+    postgres.ensure_database(s)
+    applied = asyncio.run(migrate_url(s.database_url))
+    say(f"postgres  {'started' if started else 'running'}  {s.database_url}"
+        + (f"  (applied {', '.join(applied)})" if applied else ""))
+
+    started = kafka.start(s)
+    kafka.wait_ready(s)
+    say(f"kafka     {'started' if started else 'running'}  {s.bootstrap_servers}  "
+        f"topics {s.events_topic} ({s.events_partitions} partitions), {s.dlq_topic}")
+
+    for svc in PYTHON_SERVICES:
+        started = _start_python(s, svc)
+        _wait_python(s, svc)
+        where = s.api_url if svc.name == "api" else f"group {s.consumer_group}" if svc.name == "consumer" else ""
+        say(f"{svc.name:<9} {'started' if started else 'running'}  {where}".rstrip())
+    say(f"state and logs in {s.home}")
+
+
+def down(s: Settings, say: Callable[[str], None] = print) -> None:
+    """Stop, in reverse order, exactly the processes that ``up`` recorded."""
+    for name in reversed(ORDER):
+        if name == "kafka":
+            stopped = kafka.stop(s)
+        elif name == "postgres":
+            stopped = postgres.stop(s)
+        else:
+            stopped = process.stop(s.home, name, timeout=20)
+            ready_file(s, name).unlink(missing_ok=True)
+        say(f"{name:<9} {'stopped' if stopped else 'not running'}")
+
+
+def status(s: Settings) -> dict[str, int | None]:
+    """Pid of each part that runs (None for the ones that do not)."""
+    result: dict[str, int | None] = {}
+    for name in ORDER:
+        if name == "postgres":
+            pid = postgres._postmaster_pid(s)
+            result[name] = pid if pid is not None and process.is_alive(pid, postgres.marker(s)) else None
+        else:
+            rec = process.running(s.home, name)
+            result[name] = rec.pid if rec else None
+    return result
+
+
+def is_up(s: Settings) -> bool:
+    return all(pid is not None for pid in status(s).values()) and _http_ok(f"{s.api_url}/api/v1/ready")

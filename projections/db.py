@@ -1,0 +1,21 @@
+"""PostgreSQL connection setup shared by everything that reads or writes the read models."""
+
+from __future__ import annotations
+
+import asyncpg
+import orjson
+
+from events.values import tag_nonfinite, untag_nonfinite
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """jsonb in and out as Python objects, with non-finite floats tagged (jsonb has no NaN)."""
+    await conn.set_type_codec(
+        "jsonb", schema="pg_catalog", format="text",
+        encoder=lambda v: orjson.dumps(tag_nonfinite(v)).decode(),
+        decoder=lambda s: untag_nonfinite(orjson.loads(s)),
+    )
+
+
+async def create_pool(database_url: str, max_size: int = 8) -> asyncpg.Pool:
+    return await asyncpg.create_pool(database_url, min_size=1, max_size=max_size, init=init_connection)

@@ -1,0 +1,256 @@
+"""The pure fold: ``(run state, event) -> (new run state, rows to write)``.
+
+No I/O and no clock: the same events always give the same state and rows, which is what
+makes a replay equal the live projection. One applier per event type, picked by
+``functools.singledispatch``; the consumer (``consumers/postgres.py``) does the reading and
+writing around it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from functools import singledispatch
+from typing import Any
+
+from events import (
+    Event,
+    RunAlert,
+    RunConfig,
+    RunCrashed,
+    RunDelete,
+    RunFinish,
+    RunHeartbeat,
+    RunInit,
+    RunLog,
+    RunMetric,
+    RunPreempted,
+    RunPreempting,
+    RunStateChange,
+    RunSummary,
+    RunTags,
+    RunUndelete,
+    RunUpdate,
+)
+
+from .states import State, check_move
+
+
+@dataclass(frozen=True)
+class RunState:
+    """One row of the ``runs`` read model, as the fold sees it."""
+
+    entity: str
+    project: str
+    run_id: str
+    state: State
+    created_at: datetime
+    updated_at: datetime
+    name: str | None = None
+    group: str | None = None
+    job_type: str | None = None
+    tags: tuple[str, ...] = ()
+    config: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    notes: str | None = None
+    host: dict[str, Any] = field(default_factory=dict)
+    heartbeat_at: datetime | None = None
+    finished_at: datetime | None = None
+    exit_code: int | None = None
+    last_step: int | None = None
+    deleted: bool = False
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    key: str
+    step: int
+    value: float | None  # numbers, NaN and infinities included
+    value_json: Any  # anything that is not a number (strings, bools, lists), else None
+
+
+@dataclass(frozen=True)
+class TransitionRow:
+    from_state: State | None
+    to_state: State
+    accepted: bool
+    event_time: datetime
+    event_id: Any
+    actor: str
+    reason: str | None
+
+
+Row = HistoryRow | TransitionRow
+
+
+def fold(state: RunState | None, event: Event) -> tuple[RunState | None, list[Row]]:
+    """Apply one event to one run; a run that does not exist yet starts from ``None``."""
+    if state is None and not isinstance(event, RunInit):
+        # The run's init never arrived (lost or dead-lettered): create it so nothing is dropped.
+        state, rows = _move(_blank(event, "running"), event, None, "running", "implicit start: no run.init seen")
+        new_state, more = _apply(event, state)
+        return new_state, rows + more
+    new_state, rows = _apply(event, state)
+    return new_state, rows
+
+
+def _blank(event: Event, initial: State) -> RunState:
+    return RunState(
+        entity=event.run.entity, project=event.run.project, run_id=event.run.run_id,
+        state=initial, created_at=event.time, updated_at=event.time,
+    )
+
+
+def _move(state: RunState, event: Event, current: State | None, target: State,
+          reason: str | None) -> tuple[RunState, list[Row]]:
+    """Try ``current -> target``; the audit row says whether it was accepted and why not."""
+    refused = check_move(current, target)
+    row = TransitionRow(
+        from_state=current, to_state=target, accepted=refused is None, event_time=event.time,
+        event_id=event.id, actor=event.source.kind, reason=refused if refused else reason,
+    )
+    if refused:
+        return state, [row]
+    return replace(state, state=target, updated_at=event.time), [row]
+
+
+@singledispatch
+def _apply(event: Event, state: RunState | None) -> tuple[RunState | None, list[Row]]:
+    # Event types without a read-model effect yet are kept in the event store only.
+    assert state is not None
+    return replace(state, updated_at=event.time), []
+
+
+@_apply.register
+def _(event: RunInit, state: RunState | None) -> tuple[RunState | None, list[Row]]:
+    p = event.payload
+    if state is None:
+        base = _blank(event, p.state)
+        base = replace(base, name=p.name, group=p.group, job_type=p.job_type, tags=tuple(dict.fromkeys(p.tags)),
+                       notes=p.notes, config=dict(p.config), host=dict(p.host), heartbeat_at=event.time)
+        return _move(base, event, None, p.state, "run.init")
+    merged = replace(
+        state,
+        name=p.name or state.name, group=p.group or state.group, job_type=p.job_type or state.job_type,
+        tags=tuple(dict.fromkeys((*state.tags, *p.tags))), notes=p.notes or state.notes,
+        config={**state.config, **p.config}, heartbeat_at=event.time, updated_at=event.time,
+    )
+    if state.state in ("running", "preempting"):
+        return merged, []  # another rank joining a shared run: no move
+    return _move(merged, event, state.state, "running", "resumed" if p.resumed else "run.init")
+
+
+@_apply.register
+def _(event: RunLog, state: RunState | None) -> tuple[RunState | None, list[Row]]:
+    assert state is not None
+    step = event.payload.step
+    rows: list[Row] = []
+    summary = dict(state.summary)
+    for key, value in event.payload.values.items():
+        rows.append(_history_row(key, step, value))
+        summary[key] = value
+    last = step if state.last_step is None else max(state.last_step, step)
+    summary["_step"] = last
+    return replace(state, summary=summary, last_step=last, updated_at=event.time), rows
+
+
+def _history_row(key: str, step: int, value: Any) -> HistoryRow:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return HistoryRow(key, step, float(value), None)
+    return HistoryRow(key, step, None, value)
+
+
+@_apply.register
+def _(event: RunConfig, state: RunState | None) -> tuple[RunState | None, list[Row]]:
+    assert state is not None
+    return replace(state, config={**state.config, **event.payload.values}, updated_at=event.time), []
+
+
+@_apply.register
+def _(event: RunSummary, state: RunState | None) -> tuple[RunState | None, list[Row]]:
+    assert state is not None
+    summary = {k: v for k, v in state.summary.items() if k not in set(event.payload.remove)}
+    summary.update(event.payload.set)
+    return replace(state, summary=summary, updated_at=event.time), []
+
+
+@_apply.register
+def _(event: RunTags, state: RunState | None) -> tuple[RunState | None, list[Row]]:
+    assert state is not None
+    removed = set(event.payload.remove)
+    tags = tuple(t for t in dict.fromkeys((*state.tags, *event.payload.add)) if t not in removed)
+    return replace(state, tags=tags, updated_at=event.time), []
+
+
+@_apply.register
+def _(event: RunUpdate, state: RunState | None) -> tuple[RunState | None, list[Row]]:
+    assert state is not None
+    p = event.payload
+    return replace(state, name=p.name if p.name is not None else state.name,
+                   notes=p.notes if p.notes is not None else state.notes, updated_at=event.time), []
+
+
+@_apply.register
+def _(event: RunHeartbeat, state: RunState | None) -> tuple[RunState | None, list[Row]]:
+    assert state is not None
+    return replace(state, heartbeat_at=event.time, updated_at=event.time), []
+
+
+@_apply.register
+def _(event: RunPreempting, state: RunState | None) -> tuple[RunState | None, list[Row]]:
+    assert state is not None
+    return _move(state, event, state.state, "preempting", "mark_preempting")
+
+
+@_apply.register
+def _(event: RunFinish, state: RunState | None) -> tuple[RunState | None, list[Row]]:
+    assert state is not None
+    p = event.payload
+    target: State
+    if state.state == "preempting":
+        target, reason = "preempted", "exited after preemption"
+    elif p.signal is not None:
+        target, reason = "killed", f"signal {p.signal}"
+    elif p.exit_code == 0:
+        target, reason = "finished", "exit code 0"
+    else:
+        target, reason = "failed", f"exit code {p.exit_code}"
+    moved, rows = _move(state, event, state.state, target, reason)
+    if moved is not state:
+        moved = replace(moved, exit_code=p.exit_code, finished_at=event.time)
+    return moved, rows
+
+
+@_apply.register
+def _(event: RunStateChange, state: RunState | None) -> tuple[RunState | None, list[Row]]:
+    assert state is not None
+    return _move(state, event, state.state, event.payload.to, event.payload.reason)
+
+
+@_apply.register
+def _(event: RunCrashed, state: RunState | None) -> tuple[RunState | None, list[Row]]:
+    assert state is not None
+    return _move(state, event, state.state, "crashed", event.payload.reason)
+
+
+@_apply.register
+def _(event: RunPreempted, state: RunState | None) -> tuple[RunState | None, list[Row]]:
+    assert state is not None
+    return _move(state, event, state.state, "preempted", event.payload.reason)
+
+
+@_apply.register
+def _(event: RunDelete, state: RunState | None) -> tuple[RunState | None, list[Row]]:
+    assert state is not None
+    return replace(state, deleted=True, updated_at=event.time), []
+
+
+@_apply.register
+def _(event: RunUndelete, state: RunState | None) -> tuple[RunState | None, list[Row]]:
+    assert state is not None
+    return replace(state, deleted=False, updated_at=event.time), []
+
+
+# Kept in the event store; their read models (metric definitions, alerts) come with a later step.
+_apply.register(RunMetric, _apply.dispatch(Event))
+_apply.register(RunAlert, _apply.dispatch(Event))
