@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import pwd
+import signal
 import stat
 import subprocess
 from pathlib import Path
@@ -145,5 +146,8 @@ def stop(s: Settings) -> bool:
         return False
     subprocess.run([*_as_user(), _pg("pg_ctl"), "-D", str(data_dir(s)), "-m", "fast", "-w", "-t", "60", "stop"],
                    capture_output=True, text=True)
+    if not process.wait_until(lambda: not process.is_alive(pid, marker(s)), 10):
+        os.kill(pid, signal.SIGQUIT)  # immediate shutdown; WAL recovery on the next start
+        process.wait_until(lambda: not process.is_alive(pid, marker(s)), 10)
     process.forget(s.home, NAME)
     return True

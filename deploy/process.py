@@ -112,6 +112,8 @@ def spawn(home: Path, name: str, argv: Sequence[str], marker: str, env: dict[str
     pid = os.posix_spawnp(argv[0], list(argv), dict(env if env is not None else os.environ),
                           file_actions=actions, setsid=True)
     record(home, name, pid, marker)
+    # Until the child has exec'd, its command line is still ours and lacks the marker.
+    wait_until(lambda: marker in cmdline(pid) or _proc_state(pid) in ("Z", "X", ""), 10, 0.01)
     return pid
 
 

@@ -76,9 +76,39 @@ def _http_ok(url: str) -> bool:
         return False
 
 
+def preflight(s: Settings) -> None:
+    """Before starting anything: every port we are about to bind is free, and the tools exist."""
+    st = status(s)
+    if st["postgres"] is None:
+        process.ensure_port_free(s.pg_host, s.pg_port, "PostgreSQL", "RUNLOG_DATABASE_URL")
+    if st["kafka"] is None:
+        process.ensure_port_free(s.kafka_host, s.kafka_port, "Kafka", "RUNLOG_BOOTSTRAP_SERVERS")
+        process.ensure_port_free(s.kafka_host, s.controller_port, "Kafka's controller",
+                                 "RUNLOG_KAFKA_CONTROLLER_PORT")
+        kafka.check_tools()
+    if st["api"] is None:
+        process.ensure_port_free(s.api_host, s.api_port, "The API", "RUNLOG_API_URL")
+
+
 def up(s: Settings, say: Callable[[str], None] = print) -> None:
-    """Start every part that is not running and wait until all are ready."""
+    """Start every part that is not running and wait until all are ready.
+
+    If a part fails, the parts this call started are stopped again, so a failed ``up``
+    leaves the machine as it found it.
+    """
     s.home.mkdir(parents=True, exist_ok=True)
+    preflight(s)
+    before = {name for name, pid in status(s).items() if pid is not None}
+    try:
+        _up(s, say)
+    except BaseException:
+        for name in reversed(ORDER):
+            if name not in before:
+                _stop(s, name)
+        raise
+
+
+def _up(s: Settings, say: Callable[[str], None]) -> None:
     started = postgres.start(s)
     postgres.ensure_database(s)
     applied = asyncio.run(migrate_url(s.database_url))
@@ -101,14 +131,17 @@ def up(s: Settings, say: Callable[[str], None] = print) -> None:
 def down(s: Settings, say: Callable[[str], None] = print) -> None:
     """Stop, in reverse order, exactly the processes that ``up`` recorded."""
     for name in reversed(ORDER):
-        if name == "kafka":
-            stopped = kafka.stop(s)
-        elif name == "postgres":
-            stopped = postgres.stop(s)
-        else:
-            stopped = process.stop(s.home, name, timeout=20)
-            ready_file(s, name).unlink(missing_ok=True)
-        say(f"{name:<9} {'stopped' if stopped else 'not running'}")
+        say(f"{name:<9} {'stopped' if _stop(s, name) else 'not running'}")
+
+
+def _stop(s: Settings, name: str) -> bool:
+    if name == "kafka":
+        return kafka.stop(s)
+    if name == "postgres":
+        return postgres.stop(s)
+    stopped = process.stop(s.home, name, timeout=20)
+    ready_file(s, name).unlink(missing_ok=True)
+    return stopped
 
 
 def status(s: Settings) -> dict[str, int | None]:

@@ -1,0 +1,46 @@
+"""The real local stack for integration tests: started once per session (or reused if up).
+
+Set RUNLOG_TEST_KEEP=1 to leave a stack this session started running for the next one.
+Tests isolate themselves with unique project names and run ids, never by cleaning tables.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+
+from deploy import stack
+from events.settings import Settings, get_settings
+from projections.db import create_pool
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return get_settings()
+
+
+@pytest.fixture(scope="session")
+def local_stack(settings: Settings) -> Iterator[Settings]:
+    started = False
+    if not stack.is_up(settings):
+        stack.up(settings, say=lambda line: None)
+        started = True
+    yield settings
+    if started and not os.environ.get("RUNLOG_TEST_KEEP"):
+        stack.down(settings, say=lambda line: None)
+
+
+@pytest.fixture(scope="session")
+async def pool(local_stack: Settings) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(local_stack.database_url, max_size=4)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+def project() -> str:
+    """A project name no other test uses."""
+    return f"t-{uuid.uuid4().hex[:10]}"

@@ -1,0 +1,49 @@
+"""The walking skeleton through the real servers: SDK -> Kafka -> consumer -> PostgreSQL -> API -> client."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import producer
+from events.settings import Settings
+
+from .helpers import eventually
+
+pytestmark = pytest.mark.integration
+
+
+def test_run_logged_by_the_sdk_reads_back_through_the_public_client(local_stack: Settings, project: str) -> None:
+    run = producer.init(project=project, config={"lr": 0.01, "layers": [64, 32], "opt": {"name": "adam"}},
+                        tags=["baseline", "rc"])
+    path = run.path
+    for step in range(50):
+        loss = math.nan if step == 25 else 1.0 / (step + 1)
+        run.log({"loss": loss, "acc": step / 50, "phase": "train", "grad": {"norm": math.inf if step == 7 else 1.5}})
+    run.tags = run.tags + ("best",)
+    run.finish()
+
+    api = producer.Api()
+    read = eventually(lambda: (r := api.run(path)) and r.state == "finished" and r)
+    assert read.config == {"lr": 0.01, "layers": [64, 32], "opt": {"name": "adam"}}
+    assert sorted(read.tags) == ["baseline", "best", "rc"]
+    assert read.summary["loss"] == pytest.approx(1 / 50)
+    assert read.summary["phase"] == "train"
+    assert read.summary["_step"] == 49
+
+    rows = list(read.scan_history(page_size=7))
+    assert [r["_step"] for r in rows] == list(range(50))
+    assert math.isnan(rows[25]["loss"])
+    assert rows[7]["grad.norm"] == math.inf
+    assert rows[3]["loss"] == pytest.approx(0.25)
+    assert rows[3]["phase"] == "train"
+
+    only_loss = list(read.scan_history(keys=["loss"], min_step=10, max_step=19))
+    assert [r["_step"] for r in only_loss] == list(range(10, 20))
+    assert all(set(r) == {"_step", "loss"} for r in only_loss)
+
+
+def test_unknown_run_is_a_clear_error(local_stack: Settings, project: str) -> None:
+    with pytest.raises(ValueError, match="not found|Could not find"):
+        producer.Api().run(f"tester/{project}/missing")
