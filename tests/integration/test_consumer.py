@@ -1,0 +1,133 @@
+"""The projection consumer on real Kafka and PostgreSQL: dead letters, duplicates, exactly-once offsets."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from consumers.postgres import Record, apply_batch
+from events import FinishPayload, InitPayload, LogPayload, RunFinish, RunInit, RunLog, RunRef, Source, encode
+from events.ids import new_writer_id
+from events.settings import Settings
+from projections.migrate import migrate
+
+from .helpers import eventually_async
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def kafka_producer(local_stack: Settings) -> AsyncIterator[AIOKafkaProducer]:
+    producer = AIOKafkaProducer(bootstrap_servers=local_stack.bootstrap_servers, acks="all")
+    await producer.start()
+    yield producer
+    await producer.stop()
+
+
+def run_events(project: str, steps: int = 3) -> list:
+    run = RunRef(entity="tester", project=project, run_id="r1")
+    src = Source(kind="sdk", writer=new_writer_id(), rank=0)
+    events = [RunInit(run=run, source=src, seq=0, payload=InitPayload(name="n", tags=["t"]))]
+    events += [RunLog(run=run, source=src, seq=i + 1, payload=LogPayload(step=i, values={"x": float(i)}))
+               for i in range(steps)]
+    events.append(RunFinish(run=run, source=src, seq=steps + 1, payload=FinishPayload(exit_code=0)))
+    return events
+
+
+async def run_row(pool: asyncpg.Pool, project: str) -> asyncpg.Record | None:
+    return await pool.fetchrow("SELECT * FROM runs WHERE entity = 'tester' AND project = $1", project)
+
+
+async def test_undecodable_and_invalid_events_go_to_the_dead_letter_topic_with_reason_and_bytes(
+        local_stack: Settings, kafka_producer: AIOKafkaProducer, pool: asyncpg.Pool, project: str) -> None:
+    garbage = f"not json {uuid.uuid4()}".encode()
+    unknown = b'{"type": "run.teleport", "marker": "' + uuid.uuid4().hex.encode() + b'"}'
+    good = run_events(project)
+    await kafka_producer.send_and_wait(local_stack.events_topic, garbage, key=good[0].key)
+    await kafka_producer.send_and_wait(local_stack.events_topic, unknown, key=good[0].key)
+    for event in good:  # the consumer keeps going after bad records
+        await kafka_producer.send_and_wait(local_stack.events_topic, encode(event), key=event.key)
+
+    row = await eventually_async(lambda: _finished(pool, project))
+    assert row["state"] == "finished"
+
+    dlq = AIOKafkaConsumer(bootstrap_servers=local_stack.bootstrap_servers, auto_offset_reset="earliest",
+                           enable_auto_commit=False)
+    await dlq.start()
+    try:
+        tp = TopicPartition(local_stack.dlq_topic, 0)
+        dlq.assign([tp])
+        await dlq.seek_to_beginning(tp)
+        found: dict[bytes, dict[str, bytes]] = {}
+        end = (await dlq.end_offsets([tp]))[tp]
+        while (await dlq.position(tp)) < end:
+            for records in (await dlq.getmany(timeout_ms=1000)).values():
+                for rec in records:
+                    found[rec.value] = dict(rec.headers)
+    finally:
+        await dlq.stop()
+    assert found[garbage]["runlog-reason"] == b"undecodable"
+    assert found[unknown]["runlog-reason"] == b"unknown_type"
+    assert b"run.teleport" in found[unknown]["runlog-error"]
+    assert found[garbage]["runlog-source"].startswith(local_stack.events_topic.encode() + b"/")
+
+
+async def _finished(pool: asyncpg.Pool, project: str) -> asyncpg.Record | None:
+    row = await run_row(pool, project)
+    return row if row is not None and row["state"] == "finished" else None
+
+
+async def test_a_resent_event_is_applied_once(local_stack: Settings, kafka_producer: AIOKafkaProducer,
+                                               pool: asyncpg.Pool, project: str) -> None:
+    events = run_events(project, steps=3)
+    for event in events[:-1] + events[1:3] + events[-1:]:  # two logs sent twice (same ids)
+        await kafka_producer.send_and_wait(local_stack.events_topic, encode(event), key=event.key)
+    row = await eventually_async(lambda: _finished(pool, project))
+    assert await pool.fetchval("SELECT count(*) FROM event_store WHERE run_path = $1", events[0].run.path) == 5
+    assert await pool.fetchval("SELECT count(*) FROM history WHERE run_pk = $1", row["pk"]) == 3
+    transitions = await pool.fetch("SELECT from_state, to_state, accepted FROM state_transitions WHERE run_pk = $1 "
+                                   "ORDER BY id", row["pk"])
+    assert [tuple(t) for t in transitions] == [(None, "running", True), ("running", "finished", True)]
+
+
+async def test_a_redelivered_batch_changes_nothing_and_offsets_only_move_forward(
+        local_stack: Settings, pool: asyncpg.Pool, project: str) -> None:
+    """The consumer's transaction on its own: the same Kafka records applied twice (a crash
+    between the database commit and Kafka's commit) must apply once."""
+    group, topic = f"g-{project}", "test-topic"
+    events = run_events(project, steps=4)
+    records = [Record(partition=0, offset=100 + i, event=e, body=encode(e)) for i, e in enumerate(events)]
+    async with pool.acquire() as conn:
+        first = await apply_batch(conn, group, topic, records, {0: 100 + len(records)})
+        again = await apply_batch(conn, group, topic, records, {0: 100 + len(records)})
+        # A batch overlapping the stored position applies only the records past it.
+        partial = await apply_batch(conn, group, topic, records[-2:], {0: 100 + len(records) - 1})
+    assert (first.applied, again.applied, partial.applied) == (len(records), 0, 0)
+    assert again.skipped_offsets == len(records)
+    stored = await pool.fetchval("SELECT next_offset FROM consumer_offsets WHERE group_id = $1 AND topic = $2 "
+                                 "AND partition = 0", group, topic)
+    assert stored == 100 + len(records)
+    row = await run_row(pool, project)
+    assert row is not None and row["state"] == "finished"
+    assert await pool.fetchval("SELECT count(*) FROM history WHERE run_pk = $1", row["pk"]) == 4
+
+
+async def test_a_gap_in_a_writers_seq_is_recorded(local_stack: Settings, pool: asyncpg.Pool, project: str) -> None:
+    events = run_events(project, steps=5)
+    kept = [events[0], events[1], events[4], events[5], events[6]]  # seq 2 and 3 never arrive
+    records = [Record(partition=0, offset=i, event=e, body=encode(e)) for i, e in enumerate(kept)]
+    async with pool.acquire() as conn:
+        await apply_batch(conn, f"g-{project}", "test-topic", records, {0: len(records)})
+    gaps = await pool.fetchval("SELECT gaps FROM writers WHERE writer = $1", events[0].source.writer)
+    assert gaps == 2
+
+
+async def test_migrations_are_recorded_and_safe_to_run_twice(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        assert await migrate(conn) == []
+        versions = [r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations ORDER BY 1")]
+    assert versions[0] == 1
