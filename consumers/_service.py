@@ -28,6 +28,7 @@ def serve(name: str, factory: Any) -> None:
     """Build the service, start it, mark it ready, and stop it cleanly on SIGTERM/SIGINT."""
     apply_home_flag(sys.argv[1:])
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faststream").setLevel(logging.WARNING)  # it logs every batch at INFO
     settings = get_settings()
     ready = settings.home / "run" / f"{name}.ready"
     ready.parent.mkdir(parents=True, exist_ok=True)

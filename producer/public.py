@@ -27,7 +27,7 @@ class Api:
     """Read runs from a runlog server.
 
     ``base_url`` and ``api_key`` default to RUNLOG_API_URL / RUNLOG_API_KEY; with a key every
-    request carries ``Authorization: Bearer <key>``. ``default_entity`` (else RUNLOG_ENTITY)
+    request carries ``Authorization: Bearer <key>``. ``default_entity`` (else RUNLOG_ENTITY, else the OS user, as in ``init``)
     completes paths given as ``project/run_id``."""
 
     def __init__(
@@ -43,7 +43,10 @@ class Api:
         settings = get_settings()
         self.base_url = (base_url or settings.api_url).rstrip("/")
         self.api_key = api_key if api_key is not None else settings.api_key
-        self.default_entity = default_entity or settings.entity
+        # Same default as the SDK's init(): RUNLOG_ENTITY, else the OS user name.
+        from ._run import _user
+
+        self.default_entity = default_entity or settings.entity or _user()
         self.timeout = timeout
 
     def run(self, path: str) -> Run:
