@@ -46,13 +46,16 @@ _NOUNS = (
 
 
 class _Writer:
-    """This process as a writer: one writer id and a gapless ``seq`` from 0 over all its runs."""
+    """This process as a writer: one writer id, and a gapless ``seq`` from 0 for each run.
+
+    Per run, not per process: only one run's events share a Kafka partition (and so an order),
+    and the consumer tracks (writer, run) pairs; a seq spanning runs would look like gaps."""
 
     def __init__(self) -> None:
         from events.ids import new_writer_id
 
         self.id = new_writer_id()
-        self.next_seq = 0
+        self.next_seq: dict[str, int] = {}
         self.lock = threading.Lock()
 
 
@@ -470,8 +473,9 @@ class Run:
         cls = EVENT_TYPES[event_type]
         writer = self._writer
         with writer.lock:
-            event = cls(run=self._ref, source=self._source, seq=writer.next_seq, payload=payload)
-            writer.next_seq += 1  # only after the event was built: a validation error costs no seq
+            seq = writer.next_seq.get(self.path, 0)
+            event = cls(run=self._ref, source=self._source, seq=seq, payload=payload)
+            writer.next_seq[self.path] = seq + 1  # only after the event was built: a validation error costs no seq
             self._transport.send(event)
         return event
 
