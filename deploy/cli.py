@@ -16,7 +16,8 @@ from events.settings import get_settings
 
 from .process import StackError
 
-console = Console()
+# Wide enough for the demo's table when the output is a file or a CI log.
+console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True)
 
 

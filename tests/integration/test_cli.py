@@ -47,6 +47,14 @@ def test_up_with_kafkas_port_taken_says_so_in_one_sentence_and_starts_nothing(tm
     assert not (tmp_path / "home" / "postgres" / "data").exists()
 
 
+def test_up_without_java_says_so_in_one_sentence(tmp_path: Path) -> None:
+    env = {**stack_env(tmp_path / "home", free_port()), "PATH": str(tmp_path / "empty-bin")}
+    result = subprocess.run([*RUNLOG, "up"], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "Kafka needs a Java runtime (JDK 17 or newer) on PATH, and `java` was not found." in result.stderr
+
+
 @pytest.mark.slow
 def test_up_twice_is_harmless_and_down_stops_every_process_it_started(tmp_path: Path) -> None:
     env = stack_env(tmp_path / "home", free_port())
