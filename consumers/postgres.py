@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 
 from events import Event
-from projections.fold import HistoryRow, RunState, TransitionRow, fold
+from projections.fold import AlertRow, HistoryRow, MetricRow, RunState, TransitionRow, fold
 
 
 @dataclass(frozen=True)
@@ -161,26 +161,34 @@ async def _project(conn: asyncpg.Connection, events: list[Event]) -> None:
     for row in loaded:
         values = {c: row[d] for c, d in zip(RUN_COLUMNS, DB_COLUMNS)}
         values["tags"] = tuple(values["tags"])
+        values["overrides"] = tuple(values["overrides"])
         st = RunState(**values)
         path = f"{st.entity}/{st.project}/{st.run_id}"
         states[path], pks[path] = st, row["pk"]
 
     history: dict[tuple[str, str, int], HistoryRow] = {}
     transitions: list[tuple[str, TransitionRow]] = []
+    definitions: dict[tuple[str, str], MetricRow] = {}
+    alerts: list[tuple[str, AlertRow]] = []
     for event in events:
         path = event.run.path
         states[path], rows = fold(states[path], event)
         for row in rows:
             if isinstance(row, HistoryRow):
                 history[(path, row.key, row.step)] = row  # the last write of a (key, step) wins
-            else:
+            elif isinstance(row, TransitionRow):
                 transitions.append((path, row))
+            elif isinstance(row, MetricRow):
+                definitions[(path, row.name)] = row
+            else:
+                alerts.append((path, row))
 
     for path, st in states.items():
         if st is None:
             continue
         values = [getattr(st, c) for c in RUN_COLUMNS]
         values[RUN_COLUMNS.index("tags")] = list(st.tags)
+        values[RUN_COLUMNS.index("overrides")] = list(st.overrides)
         pk = await conn.fetchval(
             f"""INSERT INTO runs ({', '.join(DB_COLUMNS)}) VALUES ({', '.join(f'${i + 1}' for i in range(len(DB_COLUMNS)))})
                 ON CONFLICT (entity, project, run_id) DO UPDATE SET
@@ -204,4 +212,19 @@ async def _project(conn: asyncpg.Connection, events: list[Event]) -> None:
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
             [(pks[p], t.from_state, t.to_state, t.accepted, t.event_time, t.event_id, t.actor, t.reason)
              for p, t in transitions],
+        )
+    if definitions:
+        await conn.executemany(
+            """INSERT INTO metric_definitions (run_pk, name, definition, defined_at) VALUES ($1, $2, $3, $4)
+               ON CONFLICT (run_pk, name) DO UPDATE SET definition = EXCLUDED.definition,
+                   defined_at = EXCLUDED.defined_at""",
+            [(pks[p], m.name, m.definition, m.event_time) for (p, _), m in definitions.items()],
+        )
+    if alerts:
+        await conn.executemany(
+            """INSERT INTO alerts (run_pk, title, text, level, wait_duration, event_time, event_id, actor,
+                                   suppressed, reason)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
+            [(pks[p], a.title, a.text, a.level, a.wait_duration, a.event_time, a.event_id, a.actor,
+              a.suppressed, a.reason) for p, a in alerts],
         )

@@ -34,6 +34,7 @@ from events import (
 )
 
 from .states import State, check_move
+from .summary import match, merge_definition, recompute, update_stats
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,11 @@ class RunState:
     exit_code: int | None = None
     last_step: int | None = None
     deleted: bool = False
+    runtime: float = 0.0  # seconds between the first and the latest event of the training process
+    metrics: dict[str, Any] = field(default_factory=dict)  # define_metric definitions by name or glob
+    stats: dict[str, Any] = field(default_factory=dict)  # per-key min/max/sum/count/first/last
+    overrides: tuple[str, ...] = ()  # summary keys set explicitly: logs do not change them
+    alerts_sent: dict[str, str] = field(default_factory=dict)  # alert title -> time of the last one sent
 
 
 @dataclass(frozen=True)
@@ -80,7 +86,27 @@ class TransitionRow:
     reason: str | None
 
 
-Row = HistoryRow | TransitionRow
+@dataclass(frozen=True)
+class MetricRow:
+    name: str
+    definition: dict[str, Any]
+    event_time: datetime
+
+
+@dataclass(frozen=True)
+class AlertRow:
+    title: str
+    text: str
+    level: str
+    wait_duration: float | None
+    event_time: datetime
+    event_id: Any
+    actor: str
+    suppressed: bool
+    reason: str | None
+
+
+Row = HistoryRow | TransitionRow | MetricRow | AlertRow
 
 
 def fold(state: RunState | None, event: Event) -> tuple[RunState | None, list[Row]]:
@@ -89,9 +115,27 @@ def fold(state: RunState | None, event: Event) -> tuple[RunState | None, list[Ro
         # The run's init never arrived (lost or dead-lettered): create it so nothing is dropped.
         state, rows = _move(_blank(event, "running"), event, None, "running", "implicit start: no run.init seen")
         new_state, more = _apply(event, state)
-        return new_state, rows + more
+        return _runtime(state, new_state, event), rows + more
     new_state, rows = _apply(event, state)
-    return new_state, rows
+    return _runtime(state, new_state, event), rows
+
+
+def _runtime(before: RunState | None, state: RunState | None, event: Event) -> RunState | None:
+    """Runtime follows the training process's own clock (SDK events only) while the run is live."""
+    if state is None or event.source.kind != "sdk":
+        return state
+    if before is not None and before.state not in ("running", "preempting") and state.state != "running":
+        return state
+    seconds = (event.time - state.created_at).total_seconds()
+    return replace(state, runtime=seconds) if seconds > state.runtime else state
+
+
+def _revive(state: RunState, event: Event) -> tuple[RunState, list[Row]]:
+    """The documented late-event rule: a crashed run that speaks again (a log or a heartbeat
+    from its process) was not dead after all, so it moves back to running, as in W&B."""
+    if state.state == "crashed" and event.source.kind == "sdk":
+        return _move(state, event, "crashed", "running", f"{event.type} after crash")
+    return state, []
 
 
 def _blank(event: Event, initial: State) -> RunState:
@@ -143,15 +187,16 @@ def _(event: RunInit, state: RunState | None) -> tuple[RunState | None, list[Row
 @_apply.register
 def _(event: RunLog, state: RunState | None) -> tuple[RunState | None, list[Row]]:
     assert state is not None
+    state, rows = _revive(state, event)
     step = event.payload.step
-    rows: list[Row] = []
-    summary = dict(state.summary)
+    stats = dict(state.stats)
     for key, value in event.payload.values.items():
         rows.append(_history_row(key, step, value))
-        summary[key] = value
+        stats[key] = update_stats(stats.get(key), value)
     last = step if state.last_step is None else max(state.last_step, step)
+    summary = recompute(state.summary, list(event.payload.values), state.metrics, stats, state.overrides)
     summary["_step"] = last
-    return replace(state, summary=summary, last_step=last, updated_at=event.time), rows
+    return replace(state, summary=summary, stats=stats, last_step=last, updated_at=event.time), rows
 
 
 def _history_row(key: str, step: int, value: Any) -> HistoryRow:
@@ -168,10 +213,14 @@ def _(event: RunConfig, state: RunState | None) -> tuple[RunState | None, list[R
 
 @_apply.register
 def _(event: RunSummary, state: RunState | None) -> tuple[RunState | None, list[Row]]:
+    """Explicit keys win until the next explicit update; a removed key is gone until logged again."""
     assert state is not None
-    summary = {k: v for k, v in state.summary.items() if k not in set(event.payload.remove)}
+    removed = set(event.payload.remove)
+    overrides = tuple(k for k in state.overrides if k not in removed and k not in event.payload.set)
+    summary = {k: v for k, v in state.summary.items() if k not in removed}
     summary.update(event.payload.set)
-    return replace(state, summary=summary, updated_at=event.time), []
+    overrides = tuple(sorted((*overrides, *event.payload.set)))
+    return replace(state, summary=summary, overrides=overrides, updated_at=event.time), []
 
 
 @_apply.register
@@ -193,7 +242,40 @@ def _(event: RunUpdate, state: RunState | None) -> tuple[RunState | None, list[R
 @_apply.register
 def _(event: RunHeartbeat, state: RunState | None) -> tuple[RunState | None, list[Row]]:
     assert state is not None
-    return replace(state, heartbeat_at=event.time, updated_at=event.time), []
+    state, rows = _revive(state, event)
+    return replace(state, heartbeat_at=event.time, updated_at=event.time), rows
+
+
+@_apply.register
+def _(event: RunMetric, state: RunState | None) -> tuple[RunState | None, list[Row]]:
+    """define_metric: store the definition and recompute the summary of the keys it covers."""
+    assert state is not None
+    p = event.payload.model_dump()
+    definition = merge_definition(state.metrics.get(p["name"]), p)
+    metrics = {**state.metrics, p["name"]: definition}
+    covered = [k for k in state.stats if match(metrics, k) is definition]
+    summary = recompute(state.summary, covered, metrics, state.stats, state.overrides)
+    row = MetricRow(p["name"], definition, event.time)
+    return replace(state, metrics=metrics, summary=summary, updated_at=event.time), [row]
+
+
+@_apply.register
+def _(event: RunAlert, state: RunState | None) -> tuple[RunState | None, list[Row]]:
+    """An alert repeated within its wait_duration of the last one sent with the same title is
+    stored as suppressed (with the reason), never dropped."""
+    assert state is not None
+    p = event.payload
+    last = state.alerts_sent.get(p.title)
+    suppressed, reason = False, None
+    if p.wait_duration and last is not None:
+        since = (event.time - datetime.fromisoformat(last)).total_seconds()
+        if since < p.wait_duration:
+            suppressed = True
+            reason = f"same title sent {since:.1f}s ago, within wait_duration {p.wait_duration:g}s"
+    row = AlertRow(p.title, p.text, p.level, p.wait_duration, event.time, event.id, event.source.kind,
+                   suppressed, reason)
+    sent = state.alerts_sent if suppressed else {**state.alerts_sent, p.title: event.time.isoformat()}
+    return replace(state, alerts_sent=sent, updated_at=event.time), [row]
 
 
 @_apply.register
@@ -250,7 +332,3 @@ def _(event: RunUndelete, state: RunState | None) -> tuple[RunState | None, list
     assert state is not None
     return replace(state, deleted=False, updated_at=event.time), []
 
-
-# Kept in the event store; their read models (metric definitions, alerts) come with a later step.
-_apply.register(RunMetric, _apply.dispatch(Event))
-_apply.register(RunAlert, _apply.dispatch(Event))

@@ -6,6 +6,7 @@ Tests isolate themselves with unique project names and run ids, never by cleanin
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -16,6 +17,7 @@ import pytest
 from deploy import stack
 from events.settings import Settings, get_settings
 from projections.db import create_pool
+from projections.migrate import migrate_url
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
@@ -28,6 +30,8 @@ def local_stack(settings: Settings) -> Iterator[Settings]:
     if not stack.is_up(settings):
         stack.up(settings, say=lambda line: None)
         started = True
+    else:  # a reused stack may predate the newest migration
+        asyncio.run(migrate_url(settings.database_url))
     yield settings
     if started and not os.environ.get("RUNLOG_TEST_KEEP"):
         stack.down(settings, say=lambda line: None)

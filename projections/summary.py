@@ -1,0 +1,101 @@
+"""Run summaries from logged values and ``define_metric`` definitions (pure functions).
+
+Rules, as W&B defines them where W&B has an answer:
+- A key with no definition (or a definition without ``summary``) shows its last value.
+- ``summary=["min", "max", ...]`` shows ``{"min": v, "max": v}`` for that key; ``"best"`` is the
+  min or max by ``goal`` (minimize when unset); ``"none"`` removes the key from the summary.
+- Definitions match by exact name first, then by glob (``"val/*"``); among globs the longest
+  pattern wins, then the alphabetically first, so the choice never depends on arrival order.
+- An explicit summary update (``run.summary["k"] = v``) wins for its key until the next explicit
+  update or removal of that key; logs keep updating the statistics meanwhile.
+- NaN is the last value when it was logged last, but never a min, max, best or part of a mean:
+  a diverging step must not become the "best" loss. Mean is sum / count of the finite values
+  and of the infinities (an infinite value makes the mean infinite, as it should).
+Statistics are kept for every key (min, max, sum, count, first, last), so a definition that
+arrives after the logs still gives the right summary without rereading history.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from typing import Any
+
+Stats = dict[str, Any]
+Definition = dict[str, Any]
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def update_stats(stats: Stats | None, value: Any) -> Stats:
+    """The key's statistics after one more logged value (a new dict; the input is not changed)."""
+    new: Stats = dict(stats) if stats else {"first": value}
+    new["last"] = value
+    if is_number(value) and not math.isnan(value):
+        v = float(value)
+        new["min"] = v if "min" not in new else min(new["min"], v)
+        new["max"] = v if "max" not in new else max(new["max"], v)
+        new["sum"] = new.get("sum", 0.0) + v
+        new["count"] = new.get("count", 0) + 1
+    return new
+
+
+def match(definitions: dict[str, Definition], key: str) -> Definition | None:
+    """The definition that applies to ``key``: exact name, else the most specific glob."""
+    if key in definitions:
+        return definitions[key]
+    globs = sorted((name for name in definitions if any(c in name for c in "*?[") and fnmatch.fnmatchcase(key, name)),
+                   key=lambda name: (-len(name), name))
+    return definitions[globs[0]] if globs else None
+
+
+def summary_entry(definition: Definition | None, stats: Stats) -> tuple[bool, Any]:
+    """(shown, value) of one key in the summary."""
+    wanted = (definition or {}).get("summary") or []
+    if not wanted:
+        return True, stats["last"]
+    if "none" in wanted:
+        return False, None
+    out: dict[str, Any] = {}
+    for agg in wanted:
+        if agg in ("last", "first"):
+            out[agg] = stats[agg]
+        elif agg == "mean":
+            if stats.get("count"):
+                out["mean"] = stats["sum"] / stats["count"]
+        elif agg == "best":
+            goal = (definition or {}).get("goal") or "minimize"
+            side = "min" if goal == "minimize" else "max"
+            if side in stats:
+                out["best"] = stats[side]
+        elif agg in stats:
+            out[agg] = stats[agg]
+    return True, out
+
+
+def merge_definition(old: Definition | None, payload: dict[str, Any]) -> Definition:
+    """A new ``define_metric`` call: replaces the old definition with ``overwrite=True``, else
+    updates only the fields it sets."""
+    fields = {k: v for k, v in payload.items() if k not in ("name", "overwrite")}
+    if old is None or payload.get("overwrite"):
+        return {k: v for k, v in fields.items() if v not in (None, [])}
+    merged = dict(old)
+    merged.update({k: v for k, v in fields.items() if v not in (None, [])})
+    return merged
+
+
+def recompute(summary: dict[str, Any], keys: list[str], definitions: dict[str, Definition],
+              stats: dict[str, Stats], overrides: tuple[str, ...]) -> dict[str, Any]:
+    """The summary with ``keys`` recomputed from their statistics (overridden keys untouched)."""
+    new = dict(summary)
+    for key in keys:
+        if key in overrides or key not in stats:
+            continue
+        shown, value = summary_entry(match(definitions, key), stats[key])
+        if shown:
+            new[key] = value
+        else:
+            new.pop(key, None)
+    return new
