@@ -120,7 +120,9 @@ class Projector:
                                       records, consumed)
                 return
             except (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
-                    asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError) as exc:
+                    asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError,
+                    asyncpg.InvalidCachedStatementError) as exc:
+                # InvalidCachedStatementError: a replay swapped the tables under a cached plan.
                 # PostgreSQL is away: back off and retry without advancing; after the last
                 # try the error propagates and FastStream redelivers the batch (no commit).
                 if delay is None:

@@ -51,14 +51,29 @@ async def apply_batch(conn: asyncpg.Connection, group: str, topic: str,
         fresh = [r for r in records if r.offset >= stored.get(r.partition, 0)]
         result.skipped_offsets = len(records) - len(fresh)
         new_ids = await _insert_events(conn, fresh)
-        fresh = [r for r in fresh if r.event.id in new_ids]
+        fresh = _first_of_each(fresh, new_ids)
         result.duplicates += len(records) - result.skipped_offsets - len(fresh)
-        fresh = await _check_sequences(conn, fresh, result)
-        if fresh:
-            await _project(conn, [r.event for r in fresh])
-        result.applied = len(fresh)
+        await project_records(conn, fresh, result)
         await _store_offsets(conn, group, topic, {p: o for p, o in consumed.items() if o > stored.get(p, 0)})
     return result
+
+
+def _first_of_each(records: list[Record], new_ids: set[Any]) -> list[Record]:
+    """The first record of each newly stored id: a resend inside the same batch is a duplicate too."""
+    kept, seen = [], set()
+    for r in records:
+        if r.event.id in new_ids and r.event.id not in seen:
+            seen.add(r.event.id)
+            kept.append(r)
+    return kept
+
+
+async def project_records(conn: asyncpg.Connection, records: list[Record], result: BatchResult) -> None:
+    """Fold events already in the event store into the read models (live and replay share this)."""
+    fresh = await _check_sequences(conn, records, result)
+    if fresh:
+        await _project(conn, [r.event for r in fresh])
+    result.applied += len(fresh)
 
 
 async def _lock_offsets(conn: asyncpg.Connection, group: str, topic: str, partitions: list[int]) -> dict[int, int]:
@@ -124,7 +139,8 @@ async def _check_sequences(conn: asyncpg.Connection, records: list[Record], resu
             dups[k] += 1
             result.duplicates += 1
             continue
-        gaps[k] += r.event.seq - seen - 1
+        if r.event.source.kind != "watchdog":  # its seq is a clock (ms), not a count: no gaps to see
+            gaps[k] += r.event.seq - seen - 1
         last[k] = r.event.seq
         meta[k] = r.event
         kept.append(r)

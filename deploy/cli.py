@@ -80,6 +80,41 @@ def migrate() -> None:
 
 
 @main.command()
+def replay() -> None:
+    """Rebuild every read model from the event store and swap it in atomically (API keeps serving)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from consumers.replay import replay as run_replay
+
+    s = get_settings()
+
+    async def go() -> None:
+        import asyncpg
+
+        from projections.db import init_connection
+
+        try:
+            conn = await asyncpg.connect(s.database_url)
+        except OSError as exc:
+            _fail(f"cannot reach PostgreSQL at {s.database_url}: {exc}")
+        await init_connection(conn)
+        try:
+            with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                          TimeRemainingColumn(), console=console) as bar:
+                task = bar.add_task("replaying events", total=None)
+                result = await run_replay(conn, progress=lambda done, total: bar.update(task, completed=done,
+                                                                                         total=total))
+        finally:
+            await conn.close()
+        rate = result.events / result.seconds if result.seconds else 0.0
+        console.print(f"replayed {result.events} events ({result.applied} applied, {result.skipped} seq duplicates "
+                      f"skipped) in {result.seconds:.1f}s, {rate:,.0f} events/s; read models swapped in",
+                      highlight=False)
+
+    asyncio.run(go())
+
+
+@main.command()
 @click.option("--ranks", default=4, show_default=True, help="training processes to simulate")
 @click.option("--steps", default=200, show_default=True, help="steps each rank logs")
 @click.option("--project", default="demo", show_default=True)
@@ -91,6 +126,50 @@ def demo(ranks: int, steps: int, project: str) -> None:
         demo_module.run(ranks=ranks, steps=steps, project=project, console=console)
     except StackError as exc:
         _fail(str(exc))
+
+
+@main.command()
+@click.argument("dirs", nargs=-1, type=click.Path(exists=True))
+def sync(dirs: tuple[str, ...]) -> None:
+    """Send the events local spools still hold (offline runs, killed processes).
+
+    DIRS are run directories or spool files; without any, every spool under $RUNLOG_HOME/spool.
+    Sending twice is harmless: events are deduplicated downstream."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from producer._sync import find_spools
+    from producer._sync import sync as sync_spools
+    from producer.errors import CommError
+
+    s = get_settings()
+    paths = find_spools(list(dirs), home=s.home)
+    if not paths:
+        console.print("no spools found", highlight=False)
+        return
+    with Progress(TextColumn("sync"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=False) as progress:
+        task = progress.add_task("sync", total=0)
+
+        def on_start(states: list) -> None:
+            progress.update(task, total=sum(st.unsent for st in states if not st.busy))
+
+        try:
+            states = sync_spools(paths, s, on_start=on_start, on_ack=lambda n: progress.advance(task, n))
+        except CommError as exc:
+            _fail(str(exc))
+    failed = False
+    for st in states:
+        if st.busy:
+            console.print(f"{st.path}: in use by a running process, skipped", highlight=False)
+        elif st.error:
+            failed = True
+            console.print(f"{st.run_path}: sent {st.sent}, {st.unsent} left ({st.error})", highlight=False)
+        elif st.sent:
+            console.print(f"{st.run_path}: sent {st.sent} event(s)", highlight=False)
+    sent = sum(st.sent for st in states)
+    console.print(f"synced {sent} event(s) from {len(states)} spool(s)", highlight=False)
+    if failed:
+        _fail("some events were not acknowledged; run `runlog sync` again")
 
 
 if __name__ == "__main__":

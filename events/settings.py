@@ -33,6 +33,15 @@ class Settings(BaseSettings):
     consumer_group: str = "runlog-projections"
     kafka_heap: str = "512m"
 
+    # the SDK (producer/)
+    sdk_queue_max: int = Field(default=10_000, ge=1, description="events the SDK keeps in memory; the rest wait in the spool")
+    sdk_linger_ms: int = Field(default=20, ge=0, description="how long the SDK's Kafka producer waits to fill a batch")
+    sdk_fsync_interval: float = Field(default=0.1, gt=0, description="seconds between fsyncs of the SDK's spool")
+    heartbeat_interval: float = Field(default=30.0, gt=0, description="seconds between a run's heartbeat events")
+    crash_timeout: float = Field(default=300.0, gt=0, description="seconds without any sign of life "
+                                 "before the watchdog marks a running run crashed (W&B: about 5 minutes)")
+    watchdog_interval: float = Field(default=10.0, gt=0, description="seconds between two watchdog scans")
+
     @cached_property
     def kafka_host(self) -> str:
         return self.bootstrap_servers.split(",")[0].rsplit(":", 1)[0]

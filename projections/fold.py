@@ -312,13 +312,27 @@ def _(event: RunStateChange, state: RunState | None) -> tuple[RunState | None, l
 @_apply.register
 def _(event: RunCrashed, state: RunState | None) -> tuple[RunState | None, list[Row]]:
     assert state is not None
-    return _move(state, event, state.state, "crashed", event.payload.reason)
+    return _silence_verdict(state, event, "crashed")
 
 
 @_apply.register
 def _(event: RunPreempted, state: RunState | None) -> tuple[RunState | None, list[Row]]:
     assert state is not None
-    return _move(state, event, state.state, "preempted", event.payload.reason)
+    return _silence_verdict(state, event, "preempted")
+
+
+def _silence_verdict(state: RunState, event: RunCrashed | RunPreempted, target: State) -> tuple[RunState, list[Row]]:
+    """A watchdog verdict is refused when the run spoke after the silence it was based on
+    (the verdict raced a late event); decided from event data only, so replays agree."""
+    seen = event.payload.last_heartbeat
+    latest = max(t for t in (state.heartbeat_at, state.updated_at) if t is not None)
+    if seen is not None and latest > seen:
+        row = TransitionRow(from_state=state.state, to_state=target, accepted=False, event_time=event.time,
+                            event_id=event.id, actor=event.source.kind,
+                            reason=f"stale verdict: the run was active at {latest.isoformat()}, "
+                                   f"after the silence that began at {seen.isoformat()}")
+        return state, [row]
+    return _move(state, event, state.state, target, event.payload.reason)
 
 
 @_apply.register
