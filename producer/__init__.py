@@ -14,7 +14,7 @@ the server side.
 
 from __future__ import annotations
 
-from ._run import Run, finish, init, log
+from ._run import Run, RunStatus, alert, define_metric, finish, init, log, mark_preempting
 from .errors import CommError, Error, RunlogWarning, UsageError
 from .public import Api
 
@@ -26,10 +26,14 @@ __all__ = [
     "CommError",
     "Error",
     "Run",
+    "RunStatus",
     "RunlogWarning",
     "UsageError",
+    "alert",
+    "define_metric",
     "finish",
     "init",
     "log",
+    "mark_preempting",
     "run",
 ]

@@ -9,25 +9,32 @@ background thread.
 from __future__ import annotations
 
 import atexit
+import datetime as _dt
 import getpass
+import math
 import os
 import platform
 import secrets
 import shlex
+import signal as _signal
 import socket
 import sys
 import threading
 import warnings
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from events.model import EVENT_TYPES, RunRef, Source
+from events.model import EVENT_TYPES, MetricPayload, RunRef, Source
 from events.values import MAX_STRING_LENGTH, normalize_config, normalize_values
 
 from ._transport import DisabledTransport, KafkaTransport, Transport
 from .errors import RunlogWarning, UsageError
 
-MODES = ("online", "disabled")  # "offline" arrives with the spool
+MODES = ("online", "offline", "disabled")
+METRIC_SUMMARIES = ("min", "max", "mean", "best", "last", "none", "first")
+ALERT_LEVELS = ("INFO", "WARN", "ERROR")
 FINISH_TIMEOUT = 30.0  # seconds finish() waits for Kafka to acknowledge what was logged
 _ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 _ADJECTIVES = (
@@ -57,6 +64,7 @@ class _Writer:
         self.id = new_writer_id()
         self.next_seq: dict[str, int] = {}
         self.lock = threading.Lock()
+        self.deferred_signal: tuple[int, Any] | None = None  # a signal that arrived inside _emit
 
 
 _writer: _Writer | None = None
@@ -146,11 +154,27 @@ def _check_tags(tags: Iterable[str] | None) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _make_transport(mode: str, settings: Any) -> Transport:
-    """The transport a new run gets (tests replace this function to record events)."""
+def _make_transport(mode: str, settings: Any, spool_path: Path | None = None) -> Transport:
+    """The transport a new run gets (tests replace this function to record events).
+
+    Online and offline runs write every event to the spool file ``spool_path`` first."""
     if mode == "disabled":
         return DisabledTransport()
-    return KafkaTransport(settings)
+    from ._spool import SpoolFile
+
+    spool = SpoolFile(spool_path) if spool_path is not None else None
+    return KafkaTransport(settings, spool=spool, online=mode == "online")
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """``run.status()``: how far the run's events got."""
+
+    written: int  # events the run produced
+    sent: int  # handed to Kafka
+    acknowledged: int  # acknowledged by Kafka (acks=all)
+    spooled: int  # written to the local spool
+    spooled_unsent: int  # in the spool and not acknowledged: what `runlog sync` would send
 
 
 # -- config and summary: dicts that emit events -----------------------------------------------
@@ -271,8 +295,11 @@ class Run:
         mode: str,
         rank: int | None,
         transport: Transport,
+        run_dir: Path | None = None,
     ) -> None:
         self._ref = RunRef(entity=entity, project=project, run_id=run_id)
+        self._dir = run_dir
+        self._preempting = False
         self._writer = _get_writer()
         self._source = Source(kind="sdk", writer=self._writer.id, rank=rank)
         self._name, self._group, self._job_type, self._notes = name, group, job_type, notes
@@ -341,6 +368,26 @@ class Run:
     @property
     def finished(self) -> bool:
         return self._finished
+
+    @property
+    def dir(self) -> str | None:
+        """The directory holding this run's spool (None for ``mode="disabled"``)."""
+        return None if self._dir is None else str(self._dir)
+
+    @property
+    def spool_path(self) -> str | None:
+        """This process's spool file for the run."""
+        path = getattr(self._transport, "spool", None)
+        path = getattr(path, "path", None)
+        return None if path is None else str(path)
+
+    def status(self) -> RunStatus:
+        """Counts of events written, sent, acknowledged, spooled, and spooled but unacknowledged."""
+        c = getattr(self._transport, "counters", None)
+        if c is None:
+            return RunStatus(0, 0, 0, 0, 0)
+        spooled = getattr(c, "spooled", 0)
+        return RunStatus(c.written, c.sent, c.acked, spooled, max(spooled - c.acked, 0))
 
     @property
     def disabled(self) -> bool:
@@ -432,31 +479,102 @@ class Run:
 
     # finishing --------------------------------------------------------------------------------
 
-    def finish(self, exit_code: int = 0, *, timeout: float | None = FINISH_TIMEOUT) -> None:
+    def finish(self, exit_code: int | None = None, quiet: bool | None = None, *,
+               timeout: float | None = FINISH_TIMEOUT, _signal_number: int | None = None) -> None:
         """Commit the pending row, record ``run.finish`` and wait (up to ``timeout`` s) for delivery.
 
-        Calling it again does nothing. Events Kafka did not acknowledge within ``timeout`` are
-        lost until the spool exists (a warning says how many)."""
+        Calling it again does nothing. Events Kafka did not acknowledge within ``timeout`` stay
+        in the spool; unless ``quiet``, a line says how many and the ``runlog sync`` command
+        that sends them."""
         with self._lock:
             if self._finished:
                 return
             self._commit()
-            self._emit("run.finish", {"exit_code": int(exit_code), "signal": None})
-            self._finished = True
+            code = 0 if exit_code is None else int(exit_code)
+            self._emit("run.finish", {"exit_code": code, "signal": _signal_number})
         remaining = self._transport.close(timeout)
-        if remaining:
-            warnings.warn(
-                f"runlog: {remaining} event(s) of run {self.path} were not delivered within {timeout} s",
-                RunlogWarning,
-                stacklevel=2,
-            )
         _forget_run(self)
+        if remaining and not quiet:
+            where = self.dir or ""
+            if self._mode == "offline":
+                head = f"runlog: offline run {self.path}: {remaining} event(s) spooled in {where}"
+            else:
+                head = f"runlog: {remaining} event(s) of run {self.path} were not acknowledged by Kafka within {timeout} s and remain spooled in {where}"
+            print(f"{head}\nrunlog: send them with: runlog sync {shlex.quote(where)}", file=sys.stderr, flush=True)
+
+    # the rest of the run surface ----------------------------------------------------------------
+
+    def mark_preempting(self) -> None:
+        """Tell the server this run is about to be preempted (a later exit becomes ``preempted``)."""
+        with self._lock:
+            self._check_live("mark_preempting")
+            self._emit("run.preempting", {})
+            self._preempting = True
+
+    def alert(self, title: str, text: str, level: Any = "INFO", wait_duration: Any = None) -> None:
+        """Raise an alert (W&B's ``run.alert``). ``level``: INFO, WARN or ERROR; ``wait_duration``
+        (seconds or a ``timedelta``) suppresses repeats of the same title for that long."""
+        if not isinstance(title, str) or not title or len(title) > 64:
+            raise UsageError(f"alert title must be a string of 1 to 64 characters, got {title!r:.80}")
+        if not isinstance(text, str):
+            raise UsageError(f"alert text must be a string, not {type(text).__name__}")
+        if len(text) > MAX_STRING_LENGTH:
+            raise UsageError(f"alert text is longer than {MAX_STRING_LENGTH} characters")
+        lvl = getattr(level, "value", level)
+        lvl = lvl.upper() if isinstance(lvl, str) else lvl
+        lvl = "WARN" if lvl == "WARNING" else lvl
+        if lvl not in ALERT_LEVELS:
+            raise UsageError(f"alert level must be one of {', '.join(ALERT_LEVELS)}, not {level!r}")
+        if isinstance(wait_duration, _dt.timedelta):
+            wait: float | None = wait_duration.total_seconds()
+        elif wait_duration is None:
+            wait = None
+        elif isinstance(wait_duration, (int, float)) and not isinstance(wait_duration, bool):
+            wait = float(wait_duration)
+        else:
+            raise UsageError(f"wait_duration must be seconds or a timedelta, not {type(wait_duration).__name__}")
+        if wait is not None and (not math.isfinite(wait) or wait < 0):
+            raise UsageError(f"wait_duration must be a finite number of seconds >= 0, not {wait_duration!r}")
+        with self._lock:
+            self._check_live("alert")
+            self._emit("run.alert", {"title": title, "text": text, "level": lvl, "wait_duration": wait})
+
+    def define_metric(
+        self,
+        name: str,
+        step_metric: str | None = None,
+        step_sync: bool | None = None,
+        hidden: bool | None = None,
+        summary: str | Iterable[str] | None = None,
+        goal: str | None = None,
+        overwrite: bool | None = None,
+    ) -> dict[str, Any]:
+        """Say how a metric (or a glob like ``"val/*"``) is stepped, summarized and shown.
+
+        ``summary`` is W&B's comma-separated string (``"min,max"``) or a list, of min, max,
+        mean, best, last, first, none; ``best`` needs a ``goal`` (minimize or maximize).
+        Returns the definition that was recorded."""
+        payload = _metric_payload(name, step_metric, step_sync, hidden, summary, goal, overwrite)
+        with self._lock:
+            self._check_live("define_metric")
+            self._emit("run.metric", payload)
+        return payload
+
+    def _heartbeat(self) -> None:
+        """Called from the transport's thread every ``heartbeat_interval`` seconds."""
+        self._emit("run.heartbeat", {"step": self._step}, only_if_live=True)
+
+    def _finish_by_signal(self, signum: int) -> None:
+        self.finish(exit_code=128 + signum, _signal_number=signum)
 
     def __enter__(self) -> Run:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self.finish(exit_code=0 if exc_type is None else 1)
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self.finish(exit_code=1, _signal_number=int(_signal.SIGINT))
+        else:
+            self.finish(exit_code=0 if exc_type is None else 1)
 
     def __repr__(self) -> str:
         return f"<Run {self.path} name={self.name!r} step={self._step}{' finished' if self._finished else ''}>"
@@ -467,16 +585,27 @@ class Run:
         if self._finished:
             raise UsageError(f"run {self.path} is finished; {what}() needs a new producer.init()")
 
-    def _emit(self, event_type: str, payload: dict[str, Any]) -> Any:
+    def _emit(self, event_type: str, payload: dict[str, Any], only_if_live: bool = False) -> Any:
         """Stamp one event (writer id, next seq) and hand it to the transport, atomically, so a
-        writer's seq stays gapless and each transport receives its events in seq order."""
+        writer's seq stays gapless and each transport receives its events in seq order.
+
+        ``run.finish`` marks the run finished inside the same critical section, so nothing
+        emitted ``only_if_live`` (heartbeats) can follow it."""
         cls = EVENT_TYPES[event_type]
         writer = self._writer
         with writer.lock:
+            if self._finished:
+                if only_if_live:
+                    return None
+                raise UsageError(f"run {self.path} is finished")
             seq = writer.next_seq.get(self.path, 0)
             event = cls(run=self._ref, source=self._source, seq=seq, payload=payload)
             writer.next_seq[self.path] = seq + 1  # only after the event was built: a validation error costs no seq
             self._transport.send(event)
+            if event_type == "run.finish":
+                self._finished = True
+        if writer.deferred_signal is not None:  # SIGTERM/SIGINT arrived while we held the lock
+            _run_deferred_signal(writer)
         return event
 
     def _emit_init(self, resumed: bool = False, starting_step: int = 0) -> None:
@@ -525,20 +654,22 @@ def init(
     config: Any = None,
     mode: str | None = None,
     rank: int | None = None,
+    dir: str | os.PathLike[str] | None = None,  # noqa: A002 - W&B's name for it
 ) -> Run:
     """Start a run, make it ``producer.run`` and return it (``with producer.init(...) as run:``).
 
     Defaults: entity from RUNLOG_ENTITY, else the OS user; project from RUNLOG_PROJECT, else
     "uncategorized"; id 8 random base36 characters; name ``adjective-noun-N``; rank from the
-    RANK environment variable. ``mode="disabled"`` keeps the API and sends nothing.
+    RANK environment variable. ``mode="disabled"`` keeps the API and sends nothing;
+    ``mode="offline"`` only writes the spool (send it later with ``runlog sync``).
+    The spool lives in ``$RUNLOG_HOME/spool/<entity>+<project>+<id>/`` (with ``dir=D``:
+    ``D/runlog/<entity>+<project>+<id>/``), one ``<writer>.spool`` file per process.
     An active run of this process is finished first (as W&B's ``reinit``).
     """
     from events.settings import get_settings
 
     mode = mode or "online"
     if mode not in MODES:
-        if mode == "offline":
-            raise UsageError("mode='offline' is not supported yet (it needs the local spool)")
         raise UsageError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     settings = get_settings()
     rank = _env_rank() if rank is None else rank
@@ -553,11 +684,20 @@ def init(
     if producer.run is not None and not producer.run.finished:
         producer.run.finish()
 
-    transport = _make_transport(mode, settings)
+    entity = entity or settings.entity or _user()
+    project = project or settings.project or "uncategorized"
+    RunRef(entity=entity, project=project, run_id=run_id)  # a bad path fails before anything starts
+    rdir = spool_path = None
+    if mode != "disabled":
+        from ._spool import SPOOL_SUFFIX, run_dir
+
+        rdir = run_dir(settings.home, entity, project, run_id, dir)
+        spool_path = rdir / f"{_get_writer().id}{SPOOL_SUFFIX}"
+    transport = _make_transport(mode, settings, spool_path=spool_path)
     try:
         run = Run(
-            entity=entity or settings.entity or _user(),
-            project=project or settings.project or "uncategorized",
+            entity=entity,
+            project=project,
             run_id=run_id,
             name=name or generate_name(),
             group=group,
@@ -568,26 +708,143 @@ def init(
             mode=mode,
             rank=rank,
             transport=transport,
+            run_dir=rdir,
         )
         run._emit_init()
+        if mode != "disabled" and hasattr(transport, "set_ticker"):
+            transport.set_ticker(run._heartbeat, settings.heartbeat_interval)
     except BaseException:
         transport.close(0)
         raise
     _set_run(run)
+    _install_hooks()
     return run
 
 
-@atexit.register
-def _deliver_at_exit() -> None:
-    """Don't lose what an unfinished run logged when the interpreter exits: deliver it (bounded).
+# -- lifecycle: exit, uncaught exceptions, signals -------------------------------------------------
 
-    The run is not marked finished (its exit code is unknown here); exit-code and signal
-    handling is the job of a later issue, and the watchdog turns the silence into "crashed"."""
+_prev_excepthook: Any = None
+_prev_signal_handlers: dict[int, Any] = {}
+
+
+@atexit.register
+def _finish_at_exit() -> None:
+    """The interpreter exits normally with a run still open: finish it (exit code 0)."""
     import producer
 
     run = producer.run
     if run is not None and not run.finished:
-        run.transport.close(FINISH_TIMEOUT)
+        run.finish(exit_code=0)
+
+
+def _excepthook(exc_type: Any, exc: Any, tb: Any) -> None:
+    """An uncaught exception: report it as before, then finish the run as failed (exit code 1)."""
+    import producer
+
+    prev = _prev_excepthook or sys.__excepthook__
+    try:
+        prev(exc_type, exc, tb)
+    finally:
+        run = producer.run
+        if run is not None and not run.finished:
+            if isinstance(exc_type, type) and issubclass(exc_type, KeyboardInterrupt):
+                run.finish(exit_code=1, _signal_number=int(_signal.SIGINT))
+            else:
+                run.finish(exit_code=1)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    """SIGTERM/SIGINT: finish the run with ``signal=signum``, then do what was done before."""
+    import producer
+
+    run = producer.run
+    if run is not None and not run.finished:
+        lock = run._writer.lock
+        # Another thread (the heartbeat) holds the lock only for microseconds; if we cannot get
+        # it, this thread was interrupted inside _emit: finish when that _emit releases it.
+        if lock.acquire(timeout=0.2):
+            lock.release()
+            run._finish_by_signal(signum)
+        else:
+            run._writer.deferred_signal = (signum, frame)
+            return
+    _chain_signal(signum, frame)
+
+
+def _run_deferred_signal(writer: _Writer) -> None:
+    pending, writer.deferred_signal = writer.deferred_signal, None
+    if pending is not None:
+        _on_signal(*pending)
+
+
+def _chain_signal(signum: int, frame: Any) -> None:
+    prev = _prev_signal_handlers.get(signum, _signal.SIG_DFL)
+    if prev is None or prev == _signal.SIG_DFL:
+        # The default action (terminate): restore it and die by the same signal.
+        _signal.signal(signum, _signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    elif callable(prev):
+        prev(signum, frame)  # e.g. default_int_handler raises KeyboardInterrupt
+
+
+def _install_hooks() -> None:
+    """Hook sys.excepthook (once) and SIGTERM/SIGINT (once, main thread only)."""
+    global _prev_excepthook
+    if sys.excepthook is not _excepthook:
+        _prev_excepthook = sys.excepthook
+        sys.excepthook = _excepthook
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (_signal.SIGTERM, _signal.SIGINT):
+        try:
+            current = _signal.getsignal(signum)
+            if current is _on_signal or current == _signal.SIG_IGN:
+                continue  # ours already, or ignored on purpose: leave it alone
+            _signal.signal(signum, _on_signal)
+            _prev_signal_handlers[int(signum)] = current
+        except (ValueError, OSError):  # not the main interpreter, or unsupported
+            pass
+
+
+def _metric_payload(name: Any, step_metric: Any, step_sync: Any, hidden: Any, summary: Any, goal: Any,
+                    overwrite: Any) -> dict[str, Any]:
+    """Check ``define_metric``'s arguments (UsageError naming the bad one) into a payload."""
+    if not isinstance(name, str) or not name:
+        raise UsageError(f"define_metric name must be a non-empty string, not {name!r}")
+    if step_metric is not None and (not isinstance(step_metric, str) or not step_metric):
+        raise UsageError(f"step_metric must be a metric name, not {step_metric!r}")
+    for arg, value in (("step_sync", step_sync), ("hidden", hidden), ("overwrite", overwrite)):
+        if value is not None and not isinstance(value, bool):
+            raise UsageError(f"{arg} must be True, False or None, not {value!r}")
+    if summary is None:
+        summaries: list[str] = []
+    elif isinstance(summary, str):
+        summaries = [part.strip().lower() for part in summary.split(",") if part.strip()]
+    elif isinstance(summary, Iterable):
+        summaries = []
+        for part in summary:
+            if not isinstance(part, str):
+                raise UsageError(f"summary entries must be strings, not {type(part).__name__}")
+            summaries.append(part.strip().lower())
+    else:
+        raise UsageError(f"summary must be a string like 'min,max' or a list, not {type(summary).__name__}")
+    for part in summaries:
+        if part not in METRIC_SUMMARIES:
+            raise UsageError(f"unknown summary {part!r}; use {', '.join(METRIC_SUMMARIES)}")
+    summaries = list(dict.fromkeys(summaries))
+    if goal is not None:
+        goal = {"min": "minimize", "max": "maximize"}.get(goal, goal) if isinstance(goal, str) else goal
+        if goal not in ("minimize", "maximize"):
+            raise UsageError(f"goal must be 'minimize' or 'maximize', not {goal!r}")
+    if "best" in summaries and goal is None:
+        raise UsageError("summary 'best' needs a goal ('minimize' or 'maximize')")
+    try:
+        MetricPayload(name=name, step_metric=step_metric, step_sync=step_sync, hidden=hidden,
+                      summary=summaries, goal=goal, overwrite=overwrite)
+    except ValueError as exc:
+        raise UsageError(f"bad define_metric arguments for {name!r}: {exc}") from None
+    return {"name": name, "step_metric": step_metric, "step_sync": step_sync, "hidden": hidden,
+            "summary": summaries, "goal": goal, "overwrite": overwrite}
 
 
 def log(data: Mapping[str, Any], step: int | None = None, commit: bool | None = None) -> None:
@@ -599,9 +856,34 @@ def log(data: Mapping[str, Any], step: int | None = None, commit: bool | None = 
     producer.run.log(data, step=step, commit=commit)
 
 
-def finish(exit_code: int = 0, *, timeout: float | None = FINISH_TIMEOUT) -> None:
+def finish(exit_code: int | None = None, quiet: bool | None = None, *, timeout: float | None = FINISH_TIMEOUT) -> None:
     """Finish ``producer.run`` if there is one (nothing happens otherwise, as in W&B)."""
     import producer
 
     if producer.run is not None:
-        producer.run.finish(exit_code, timeout=timeout)
+        producer.run.finish(exit_code, quiet, timeout=timeout)
+
+
+def _active(what: str) -> Run:
+    import producer
+
+    if producer.run is None:
+        raise UsageError(f"You must call producer.init() before producer.{what}()")
+    return producer.run
+
+
+def alert(title: str, text: str, level: Any = "INFO", wait_duration: Any = None) -> None:
+    """``producer.run.alert(...)``; see :meth:`Run.alert`."""
+    _active("alert").alert(title, text, level=level, wait_duration=wait_duration)
+
+
+def define_metric(name: str, step_metric: str | None = None, step_sync: bool | None = None,
+                  hidden: bool | None = None, summary: Any = None, goal: str | None = None,
+                  overwrite: bool | None = None) -> dict[str, Any]:
+    """``producer.run.define_metric(...)``; see :meth:`Run.define_metric`."""
+    return _active("define_metric").define_metric(name, step_metric, step_sync, hidden, summary, goal, overwrite)
+
+
+def mark_preempting() -> None:
+    """``producer.run.mark_preempting()``; see :meth:`Run.mark_preempting`."""
+    _active("mark_preempting").mark_preempting()

@@ -4,15 +4,16 @@
 slow (network, batching, compression, retries). ``send`` never blocks and never does I/O on
 the caller's thread, because it is called from ``log()`` on the training hot path.
 
-- :class:`KafkaTransport` -- a daemon thread running its own asyncio loop that owns an
-  ``aiokafka.AIOKafkaProducer``; fed by a thread-safe deque.
+- :class:`KafkaTransport` -- a daemon thread running its own asyncio loop that owns the spool
+  and (online) an ``aiokafka.AIOKafkaProducer``; fed by a thread-safe deque. ``online=False``
+  is offline mode: spool only, sent later by ``runlog sync``.
 - :class:`DisabledTransport` -- ``mode="disabled"``: accepts and forgets.
 - :class:`MemoryTransport` -- keeps every event in a list (tests, dry runs).
 
-Durability seam: every event passes through a :class:`Spool` (``append`` before it is queued,
-``ack`` once Kafka acknowledged it). Today the only spool is :class:`NoSpool`, so events still
-queued when the process dies are lost; the on-disk spool (and ``runlog sync``) plugs in there
-without changing ``Run`` or the transport's interface.
+Durability: every event is written to a :class:`Spool` (``producer._spool.SpoolFile`` for
+runs; :class:`NoSpool`, memory only, when none is given) before it is handed to Kafka, and
+acknowledged there once Kafka acknowledged it; what is unacknowledged when the process ends
+(or dies) is sent later by ``runlog sync`` (``producer._sync``).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class Counters:
     acked: int = 0  # acknowledged by the broker (acks=all)
     retried: int = 0  # delivery failed and the event was queued again
     failed: int = 0  # could never be sent (e.g. bigger than the broker accepts)
+    spooled: int = 0  # written to the spool (to the OS)
 
     @property
     def pending(self) -> int:
@@ -65,26 +67,59 @@ class Counters:
 
 
 class Spool(Protocol):
-    """The durability seam (see module docstring). Called on the transport's threads."""
+    """Where events wait until Kafka acknowledged them (see ``_spool.SpoolFile``). ``write``
+    is called under ``lock``; everything else only from the transport's thread."""
 
-    def append(self, event: Any) -> None: ...
+    lock: Any
+    records: int
+    end: int
 
-    def ack(self, event: Any) -> None: ...
+    def write(self, data: bytes) -> tuple[int, int, int]: ...
+
+    def flush(self) -> None: ...
+
+    def sync(self) -> None: ...
+
+    def read(self, offset: int, index: int, max_records: int) -> list[tuple[int, int, bytes]]: ...
+
+    def ack(self, index: int, end_offset: int) -> None: ...
 
     def close(self) -> None: ...
 
 
 class NoSpool:
-    """No durability: events live only in memory until Kafka acknowledges them."""
+    """No durability: records live only in memory until Kafka acknowledges them (positions
+    are record numbers, so reading back works the same way as from a file)."""
 
-    def append(self, event: Any) -> None:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.records = 0
+        self.end = 0
+        self.path = None
+        self._data: dict[int, bytes] = {}
+
+    def write(self, data: bytes) -> tuple[int, int, int]:
+        index = self.records
+        self._data[index] = data
+        self.records += 1
+        self.end = self.records
+        return index, index, index + 1
+
+    def flush(self) -> None:
         pass
 
-    def ack(self, event: Any) -> None:
+    def sync(self) -> None:
         pass
+
+    def read(self, offset: int, index: int, max_records: int) -> list[tuple[int, int, bytes]]:
+        stop = min(self.end, offset + max_records)
+        return [(i, i + 1, self._data[i]) for i in range(offset, stop)]
+
+    def ack(self, index: int, end_offset: int) -> None:
+        self._data.pop(index, None)
 
     def close(self) -> None:
-        pass
+        self._data.clear()
 
 
 class DisabledTransport:
@@ -128,19 +163,32 @@ class MemoryTransport:
 
 
 class KafkaTransport:
-    """Background-thread Kafka producer. ``send`` appends to a deque and returns.
+    """Background-thread Kafka producer with a spool. ``send`` appends to a deque and returns.
 
-    The thread runs its own asyncio loop owning one ``AIOKafkaProducer`` (acks=all,
-    idempotent, gzip, linger 20 ms). If the broker is unreachable it keeps trying to connect
-    with back-off, forever, without blocking the caller; ``flush``/``close`` are the only calls
-    that wait, and only up to their timeout. Events whose delivery failed are queued again
-    (at the front, so the retry goes first), so they may arrive out of ``seq`` order after a
-    broker outage; consumers detect that from (writer, seq).
+    The thread runs its own asyncio loop with two tasks:
+
+    - the *spooler* takes events off the deque, encodes them and writes them to the spool
+      (to the OS right away, fsync every ``sdk_fsync_interval`` s), keeps up to
+      ``sdk_queue_max`` of them in memory for sending and leaves the rest only in the spool;
+      it also saves the acknowledged position and calls the ticker (heartbeats);
+    - the *sender* (online only) owns one ``AIOKafkaProducer`` (acks=all, idempotent, gzip,
+      linger ``sdk_linger_ms``) and sends in spool order, reading back from the spool file
+      what did not fit in memory. If the broker is unreachable it keeps trying to connect
+      with back-off, forever, without blocking the caller.
+
+    Memory is bounded: if the caller outruns the spooler and the deque reaches
+    ``sdk_queue_max``, ``send`` spools a few of the oldest queued events itself (under the
+    spool lock, so order is kept) instead of growing the deque. ``flush``/``close`` are the
+    only calls that wait, and only up to their timeout; what is not acknowledged then stays
+    in the spool for ``runlog sync``.
     """
 
     RETRY_MIN = 0.2  # seconds between connection attempts, doubling up to RETRY_MAX
     RETRY_MAX = 5.0
-    IDLE_POLL = 0.05  # how long the loop sleeps when the queue is empty (a send also wakes it)
+    IDLE_POLL = 0.05  # how long the loops sleep when idle (a send also wakes them)
+    DRAIN_BATCH = 256  # events the spooler encodes before letting the sender run
+    HELP_BATCH = 4  # events send() spools itself when the deque is full
+    STOP_WAIT = 2.0  # seconds close() lets in-flight sends finish before stopping the producer
 
     def __init__(
         self,
@@ -149,30 +197,44 @@ class KafkaTransport:
         topic: str | None = None,
         spool: Spool | None = None,
         producer_options: dict[str, Any] | None = None,
+        online: bool = True,
+        queue_max: int | None = None,
     ) -> None:
         self.bootstrap_servers = settings.bootstrap_servers
         self.topic = topic or settings.events_topic
+        self.online = online
         self.counters = Counters()
         self.last_error: BaseException | None = None
         self.connected = False
-        self._spool: Spool = spool or NoSpool()
+        self.spool: Spool = spool or NoSpool()
+        self._cap = max(1, queue_max or getattr(settings, "sdk_queue_max", 10_000))
+        self._fsync_interval = getattr(settings, "sdk_fsync_interval", 0.1)
         self._options = dict(
             bootstrap_servers=self.bootstrap_servers,
             acks="all",
             enable_idempotence=True,
-            linger_ms=20,
+            linger_ms=getattr(settings, "sdk_linger_ms", 20),
             compression_type="gzip",
         )
         self._options.update(producer_options or {})
-        self._queue: collections.deque[Any] = collections.deque()
-        self._retry: list[Any] = []  # failed deliveries; touched only by the loop thread
+        self._queue: collections.deque[Any] = collections.deque()  # caller -> spooler
+        self._window: collections.deque[tuple[int, int, bytes]] = collections.deque()  # spooled, to send
+        self._spill: tuple[int, int] | None = None  # (offset, index) of the first record only on disk
+        self._retry: list[tuple[int, int, bytes]] = []  # failed deliveries; loop thread only
+        self._key: bytes | None = None
+        self._unflushed = 0  # records written to the spool's buffer, not yet to the OS
+        self._ticker: Any = None
+        self._tick_interval = 0.0
+        self._next_tick = 0.0
         self._cond = threading.Condition()  # guards nothing but wakes flush() on progress
         self._closing = threading.Event()
+        self._stop_sender = False
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None  # wakes the spooler
+        self._ready: asyncio.Event | None = None  # wakes the sender
         self._idle = False
-        self._thread = threading.Thread(target=self._thread_main, name="runlog-kafka", daemon=True)
+        self._thread = threading.Thread(target=self._thread_main, name="runlog-sender", daemon=True)
         self._thread.start()
 
     # -- caller side (any thread) -------------------------------------------------------
@@ -180,17 +242,41 @@ class KafkaTransport:
     def send(self, event: Any) -> None:
         if self._closed:
             raise RuntimeError("transport is closed")
-        self._spool.append(event)  # seam: the on-disk spool writes here, before queuing
+        if len(self._queue) >= self._cap:
+            self._help()
         self._queue.append(event)
-        self.counters.written += 1  # only the sending thread writes this (Run holds a lock)
+        self.counters.written += 1  # only one thread at a time sends (Run holds the writer lock)
         if self._idle:  # only pay for a cross-thread wake-up when the loop is asleep
             self._idle = False
             self._wakeup()
 
+    def set_ticker(self, ticker: Any, interval: float) -> None:
+        """Call ``ticker()`` from the background thread every ``interval`` seconds (heartbeats)."""
+        self._tick_interval = interval
+        self._next_tick = time.monotonic() + interval
+        self._ticker = ticker
+
+    def _help(self) -> None:
+        """The spooler is behind: spool the oldest queued events here, keeping the deque bounded."""
+        with self.spool.lock:
+            for _ in range(self.HELP_BATCH):
+                if not self._queue:
+                    break
+                self._spool_one(self._queue.popleft(), to_window=False)
+            self._flush_spool()
+
+    @property
+    def _done(self) -> int:
+        """Events that need nothing more from the sender (acknowledged, or failed)."""
+        return self.counters.acked + self.counters.failed if self.online else self.counters.spooled + self.counters.failed
+
     def flush(self, timeout: float | None = None) -> int:
+        """Wait until everything sent so far is acknowledged (offline: written to the spool).
+
+        Returns how many events are not acknowledged by Kafka (offline: all of them)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self.counters.pending > 0 and self._thread.is_alive():
+            while self.counters.written - self._done > 0 and self._thread.is_alive():
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     break
@@ -201,20 +287,23 @@ class KafkaTransport:
         if self._closed:
             return self.counters.pending
         deadline = None if timeout is None else time.monotonic() + timeout
-        remaining = self.flush(timeout)
+        self.flush(timeout)
         self._closed = True
         self._closing.set()
         self._wakeup()
-        left = None if deadline is None else max(deadline - time.monotonic(), 0.0) + 1.0
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0) + self.STOP_WAIT + 3.0
         self._thread.join(left)
-        self._spool.close()
-        if remaining:
-            log.warning(
-                "runlog: %d event(s) were not acknowledged by Kafka at %s and are lost "
-                "(no spool yet); last error: %r",
-                remaining,
-                self.bootstrap_servers,
-                self.last_error,
+        if not self._thread.is_alive():
+            with self.spool.lock:  # anything the thread did not get to (it died): spool it here
+                while self._queue:
+                    self._spool_one(self._queue.popleft(), to_window=False)
+                self._flush_spool()
+            self.spool.close()
+        remaining = self.counters.pending
+        if remaining and self.online:
+            log.info(
+                "runlog: %d event(s) were not acknowledged by Kafka at %s; they stay in %s (last error: %r)",
+                remaining, self.bootstrap_servers, getattr(self.spool, "path", None) or "memory", self.last_error,
             )
         return remaining
 
@@ -226,6 +315,74 @@ class KafkaTransport:
             except RuntimeError:  # loop already closed
                 pass
 
+    # -- spooling (loop thread, or send() under the spool lock) --------------------------
+
+    def _spool_one(self, event: Any, to_window: bool) -> None:
+        from events.codec import encode
+
+        try:
+            data = encode(event)
+        except Exception as exc:  # oversized, or a bug: it can never be sent
+            self._fail(event, exc)
+            return
+        if self._key is None:
+            self._key = event.key
+        index, start, end = self.spool.write(data)
+        self._unflushed += 1
+        if to_window and self._spill is None and len(self._window) < self._cap:
+            self._window.append((index, end, data))
+        elif self._spill is None:
+            self._spill = (start, index)
+
+    def _flush_spool(self) -> None:
+        """Hand buffered records to the OS; only then do they count as spooled (caller holds the lock)."""
+        self.spool.flush()
+        self.counters.spooled += self._unflushed
+        self._unflushed = 0
+
+    def _drain(self) -> bool:
+        """Spool up to DRAIN_BATCH queued events; True if more are queued."""
+        if not self._queue:
+            return False
+        with self.spool.lock:
+            for _ in range(self.DRAIN_BATCH):
+                if not self._queue:
+                    break
+                self._spool_one(self._queue.popleft(), to_window=self.online)
+            self._flush_spool()
+        with self._cond:
+            self._cond.notify_all()
+        if self._ready is not None:
+            self._ready.set()
+        return bool(self._queue)
+
+    def _refill(self) -> None:
+        """The window is empty: read back what only the spool file holds."""
+        with self.spool.lock:
+            if self._spill is None:
+                return
+            offset, index = self._spill
+            self.spool.flush()
+            records = self.spool.read(offset, index, min(self._cap, 1000))
+            if records:
+                self._window.extend(records)
+                last_index, last_end, _ = records[-1]
+                offset, index = last_end, last_index + 1
+            self._spill = None if offset >= self.spool.end else (offset, index)
+
+    def _housekeeping(self, now: float, last_sync: float) -> float:
+        if self._ticker is not None and now >= self._next_tick:
+            self._next_tick = now + self._tick_interval
+            try:
+                self._ticker()
+            except Exception:
+                log.exception("runlog: heartbeat failed")
+        if now - last_sync >= self._fsync_interval:
+            with self.spool.lock:
+                self.spool.sync()
+            return now
+        return last_sync
+
     # -- background thread ----------------------------------------------------------------
 
     def _thread_main(self) -> None:
@@ -235,7 +392,7 @@ class KafkaTransport:
             loop.run_until_complete(self._main())
         except BaseException as exc:  # never let the thread die silently
             self.last_error = exc
-            log.exception("runlog: Kafka transport thread stopped")
+            log.exception("runlog: sender thread stopped")
         finally:
             self._loop = None
             loop.close()
@@ -243,11 +400,45 @@ class KafkaTransport:
                 self._cond.notify_all()
 
     async def _main(self) -> None:
+        self._wake = asyncio.Event()
+        self._ready = asyncio.Event()
+        sender = asyncio.create_task(self._sender()) if self.online else None
+        last_sync = time.monotonic()
+        try:
+            while True:
+                more = self._drain()
+                last_sync = self._housekeeping(time.monotonic(), last_sync)
+                if more:
+                    await asyncio.sleep(0)  # let the sender run between batches
+                    continue
+                if self._closing.is_set() and not self._queue:
+                    break
+                self._idle = True
+                self._wake.clear()
+                if not self._queue:  # re-check: a send may have slipped in before _idle
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), self.IDLE_POLL)
+                    except asyncio.TimeoutError:
+                        pass
+                self._idle = False
+        finally:
+            if sender is not None:
+                self._stop_sender = True
+                self._ready.set()
+                try:
+                    await asyncio.wait_for(sender, self.STOP_WAIT + 2.0)
+                except (asyncio.TimeoutError, asyncio.CancelledError):
+                    pass
+                except Exception as exc:
+                    self.last_error = exc
+            with self.spool.lock:
+                self.spool.sync()
+
+    async def _sender(self) -> None:
         from aiokafka import AIOKafkaProducer  # imported here: the SDK's import stays cheap
 
-        self._wake = asyncio.Event()
         delay = self.RETRY_MIN
-        while not self._closing.is_set():
+        while not self._stop_sender:
             producer = AIOKafkaProducer(**self._options)
             try:
                 await producer.start()
@@ -256,7 +447,7 @@ class KafkaTransport:
                 if delay == self.RETRY_MIN:  # once per outage, not once per attempt
                     log.warning("runlog: Kafka at %s unreachable (%r); retrying in the background", self.bootstrap_servers, exc)
                 await self._stop_quietly(producer)
-                await self._sleep(delay)
+                await self._wait_ready(delay)
                 delay = min(delay * 2, self.RETRY_MAX)
                 continue
             self.connected = True
@@ -267,62 +458,61 @@ class KafkaTransport:
                 self.connected = False
                 await self._stop_quietly(producer)
 
+    async def _wait_ready(self, seconds: float) -> None:
+        assert self._ready is not None
+        try:
+            await asyncio.wait_for(self._ready.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+        self._ready.clear()
+
     async def _pump(self, producer: Any) -> None:
         from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
-        from events.codec import encode
-
         pending: set[asyncio.Future] = set()
-        while True:
+        window = self._window
+        while not self._stop_sender:
             if self._retry:  # failed deliveries go first, in their original order
-                self._retry.sort(key=lambda e: e.seq)
-                self._queue.extendleft(reversed(self._retry))
+                self._retry.sort(key=lambda r: r[0])
+                window.extendleft(reversed(self._retry))
                 self._retry.clear()
-            if not self._queue:
-                if self._closing.is_set():
-                    break
-                self._idle = True
-                self._wake.clear()
-                if not self._queue:  # re-check: a send may have slipped in before _idle
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), self.IDLE_POLL)
-                    except asyncio.TimeoutError:
-                        pass
-                self._idle = False
+            if not window:
+                self._refill()
+            if not window:
+                await self._wait_ready(self.IDLE_POLL)
                 continue
-            event = self._queue.popleft()
+            record = window.popleft()
             try:
-                fut = await producer.send(self.topic, value=encode(event), key=event.key)
+                fut = await producer.send(self.topic, value=record[2], key=self._key)
             except MessageSizeTooLargeError as exc:
-                self._fail(event, exc)
+                self._fail(record, exc)
+                self.spool.ack(record[0], record[1])  # never sendable: don't let it block the frontier
                 continue
             except KafkaError as exc:  # metadata timeout, broker gone: retry later
                 self.last_error = exc
-                self._queue.appendleft(event)
+                window.appendleft(record)
                 self.counters.retried += 1
-                if self._closing.is_set():
-                    break  # close() already waited as long as it was allowed to
-                await self._sleep(self.RETRY_MIN)
-                continue
-            except Exception as exc:  # could not encode: a bug, never retry
-                self._fail(event, exc)
+                await self._wait_ready(self.RETRY_MIN)
                 continue
             self.counters.sent += 1
             pending.add(fut)
-            fut.add_done_callback(lambda f, e=event: self._delivered(f, e, pending))
-        if pending:
-            await asyncio.wait(pending)
+            fut.add_done_callback(lambda f, r=record: self._delivered(f, r, pending))
+        if pending:  # closing: give what is in flight a moment; the rest stays in the spool
+            await asyncio.wait(pending, timeout=self.STOP_WAIT)
 
-    def _delivered(self, fut: asyncio.Future, event: Any, pending: set) -> None:
+    def _delivered(self, fut: asyncio.Future, record: tuple[int, int, bytes], pending: set) -> None:
         pending.discard(fut)
         exc = None if fut.cancelled() else fut.exception()
         if fut.cancelled() or exc is not None:
             self.last_error = exc
-            self._retry.append(event)  # try again; see the class docstring on ordering
-            self.counters.retried += 1
-            self._wakeup()
+            self.counters.sent -= 1
+            if not self._stop_sender:
+                self._retry.append(record)  # try again, in spool order
+                self.counters.retried += 1
+                if self._ready is not None:
+                    self._ready.set()
             return
-        self._spool.ack(event)
+        self.spool.ack(record[0], record[1])
         with self._cond:
             self.counters.acked += 1
             self._cond.notify_all()
@@ -334,17 +524,9 @@ class KafkaTransport:
             self.counters.failed += 1
             self._cond.notify_all()
 
-    async def _sleep(self, seconds: float) -> None:
-        """Sleep, but wake early when closing (a send or close sets the wake event)."""
+    @classmethod
+    async def _stop_quietly(cls, producer: Any) -> None:
         try:
-            await asyncio.wait_for(self._wake.wait(), seconds)
-        except asyncio.TimeoutError:
-            pass
-        self._wake.clear()
-
-    @staticmethod
-    async def _stop_quietly(producer: Any) -> None:
-        try:
-            await producer.stop()
-        except Exception:
+            await asyncio.wait_for(producer.stop(), cls.STOP_WAIT)
+        except BaseException:  # noqa: BLE001 - stopping must never raise
             pass

@@ -20,7 +20,7 @@ def sent(monkeypatch: pytest.MonkeyPatch):
             super().send(event)
             events.append(event)
 
-    def make(mode, settings):
+    def make(mode, settings, spool_path=None):
         return DisabledTransport() if mode == "disabled" else Recording()
 
     monkeypatch.setattr(_run, "_make_transport", make)
@@ -86,7 +86,7 @@ def test_config_accepts_namespace(sent):
     assert run.config.lr == 0.5
 
 
-@pytest.mark.parametrize("mode", ["offline", "bogus"])
+@pytest.mark.parametrize("mode", ["bogus", "OFFLINE"])
 def test_unsupported_modes(sent, mode):
     with pytest.raises(UsageError, match="mode"):
         producer.init(mode=mode)
