@@ -178,6 +178,7 @@ async def _project(conn: asyncpg.Connection, events: list[Event]) -> None:
         values = {c: row[d] for c, d in zip(RUN_COLUMNS, DB_COLUMNS)}
         values["tags"] = tuple(values["tags"])
         values["overrides"] = tuple(values["overrides"])
+        values["open_writers"] = tuple(values["open_writers"])
         st = RunState(**values)
         path = f"{st.entity}/{st.project}/{st.run_id}"
         states[path], pks[path] = st, row["pk"]
@@ -191,7 +192,9 @@ async def _project(conn: asyncpg.Connection, events: list[Event]) -> None:
         states[path], rows = fold(states[path], event)
         for row in rows:
             if isinstance(row, HistoryRow):
-                history[(path, row.key, row.step)] = row  # the last write of a (key, step) wins
+                kept = history.get((path, row.key, row.step))
+                if kept is None or row.rank <= kept.rank:  # lowest rank wins, then the later write
+                    history[(path, row.key, row.step)] = row
             elif isinstance(row, TransitionRow):
                 transitions.append((path, row))
             elif isinstance(row, MetricRow):
@@ -205,6 +208,7 @@ async def _project(conn: asyncpg.Connection, events: list[Event]) -> None:
         values = [getattr(st, c) for c in RUN_COLUMNS]
         values[RUN_COLUMNS.index("tags")] = list(st.tags)
         values[RUN_COLUMNS.index("overrides")] = list(st.overrides)
+        values[RUN_COLUMNS.index("open_writers")] = list(st.open_writers)
         pk = await conn.fetchval(
             f"""INSERT INTO runs ({', '.join(DB_COLUMNS)}) VALUES ({', '.join(f'${i + 1}' for i in range(len(DB_COLUMNS)))})
                 ON CONFLICT (entity, project, run_id) DO UPDATE SET
@@ -216,11 +220,14 @@ async def _project(conn: asyncpg.Connection, events: list[Event]) -> None:
 
     if history:
         await conn.execute(
-            """INSERT INTO history (run_pk, key, step, value, value_json)
-               SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::float8[], $5::jsonb[])
-               ON CONFLICT (run_pk, key, step) DO UPDATE SET value = EXCLUDED.value, value_json = EXCLUDED.value_json""",
+            """INSERT INTO history (run_pk, key, step, value, value_json, rank)
+               SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::float8[], $5::jsonb[], $6::int[])
+               ON CONFLICT (run_pk, key, step) DO UPDATE
+               SET value = EXCLUDED.value, value_json = EXCLUDED.value_json, rank = EXCLUDED.rank
+               WHERE EXCLUDED.rank <= history.rank""",
             [pks[p] for p, _, _ in history], [k for _, k, _ in history], [s for _, _, s in history],
             [h.value for h in history.values()], [h.value_json for h in history.values()],
+            [h.rank for h in history.values()],
         )
     if transitions:
         await conn.executemany(

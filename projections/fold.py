@@ -65,6 +65,10 @@ class RunState:
     stats: dict[str, Any] = field(default_factory=dict)  # per-key min/max/sum/count/first/last
     overrides: tuple[str, ...] = ()  # summary keys set explicitly: logs do not change them
     alerts_sent: dict[str, str] = field(default_factory=dict)  # alert title -> time of the last one sent
+    # Writers (processes) that sent run.init and no run.finish yet: a shared run ends with the last.
+    open_writers: tuple[str, ...] = ()
+    # The finish outcome so far of a shared run whose other writers are still open.
+    pending_exit: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,7 @@ class HistoryRow:
     step: int
     value: float | None  # numbers, NaN and infinities included
     value_json: Any  # anything that is not a number (strings, bools, lists), else None
+    rank: int = 0  # for ranks of a shared run logging one key at one step: the lowest rank wins
 
 
 @dataclass(frozen=True)
@@ -171,7 +176,8 @@ def _(event: RunInit, state: RunState | None) -> tuple[RunState | None, list[Row
     if state is None:
         base = _blank(event, p.state)
         base = replace(base, name=p.name, group=p.group, job_type=p.job_type, tags=tuple(dict.fromkeys(p.tags)),
-                       notes=p.notes, config=dict(p.config), host=dict(p.host), heartbeat_at=event.time)
+                       notes=p.notes, config=dict(p.config), host=dict(p.host), heartbeat_at=event.time,
+                       open_writers=_writer_of(event))
         return _move(base, event, None, p.state, "run.init")
     merged = replace(
         state,
@@ -180,8 +186,15 @@ def _(event: RunInit, state: RunState | None) -> tuple[RunState | None, list[Row
         config={**state.config, **p.config}, heartbeat_at=event.time, updated_at=event.time,
     )
     if state.state in ("running", "preempting"):
-        return merged, []  # another rank joining a shared run: no move
-    return _move(merged, event, state.state, "running", "resumed" if p.resumed else "run.init")
+        # Another rank joining a shared run: no move, but the run now waits for its finish too.
+        joined = tuple(dict.fromkeys((*state.open_writers, *_writer_of(event))))
+        return replace(merged, open_writers=joined), []
+    resumed = replace(merged, open_writers=_writer_of(event), pending_exit={})
+    return _move(resumed, event, state.state, "running", "resumed" if p.resumed else "run.init")
+
+
+def _writer_of(event: Event) -> tuple[str, ...]:
+    return (event.source.writer,) if event.source.kind == "sdk" else ()
 
 
 @_apply.register
@@ -191,18 +204,18 @@ def _(event: RunLog, state: RunState | None) -> tuple[RunState | None, list[Row]
     step = event.payload.step
     stats = dict(state.stats)
     for key, value in event.payload.values.items():
-        rows.append(_history_row(key, step, value))
-        stats[key] = update_stats(stats.get(key), value)
+        rows.append(_history_row(key, step, value, event.source.rank or 0))
+        stats[key] = update_stats(stats.get(key), value, step, event.source.rank)
     last = step if state.last_step is None else max(state.last_step, step)
     summary = recompute(state.summary, list(event.payload.values), state.metrics, stats, state.overrides)
     summary["_step"] = last
     return replace(state, summary=summary, stats=stats, last_step=last, updated_at=event.time), rows
 
 
-def _history_row(key: str, step: int, value: Any) -> HistoryRow:
+def _history_row(key: str, step: int, value: Any, rank: int) -> HistoryRow:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return HistoryRow(key, step, float(value), None)
-    return HistoryRow(key, step, None, value)
+        return HistoryRow(key, step, float(value), None, rank)
+    return HistoryRow(key, step, None, value, rank)
 
 
 @_apply.register
@@ -286,21 +299,38 @@ def _(event: RunPreempting, state: RunState | None) -> tuple[RunState | None, li
 
 @_apply.register
 def _(event: RunFinish, state: RunState | None) -> tuple[RunState | None, list[Row]]:
+    """A run ends when the last of its open writers finishes (ranks of a shared run): until then
+    the finishes are combined, so one failed or killed rank makes the whole run failed or killed."""
     assert state is not None
-    p = event.payload
+    outcome = _combine(state.pending_exit, event.payload.exit_code, event.payload.signal)
+    others = tuple(w for w in state.open_writers if w != event.source.writer)
+    if others and len(others) < len(state.open_writers):
+        return replace(state, open_writers=others, pending_exit=outcome, updated_at=event.time), []
     target: State
     if state.state == "preempting":
         target, reason = "preempted", "exited after preemption"
-    elif p.signal is not None:
-        target, reason = "killed", f"signal {p.signal}"
-    elif p.exit_code == 0:
+    elif outcome.get("signal") is not None:
+        target, reason = "killed", f"signal {outcome['signal']}"
+    elif outcome["exit_code"] == 0:
         target, reason = "finished", "exit code 0"
     else:
-        target, reason = "failed", f"exit code {p.exit_code}"
+        target, reason = "failed", f"exit code {outcome['exit_code']}"
+    if state.pending_exit:
+        reason += f" (last of {len(state.open_writers) + outcome['writers'] - 1} writers)"
     moved, rows = _move(state, event, state.state, target, reason)
     if moved is not state:
-        moved = replace(moved, exit_code=p.exit_code, finished_at=event.time)
+        moved = replace(moved, exit_code=outcome["exit_code"], finished_at=event.time, open_writers=(),
+                        pending_exit={})
     return moved, rows
+
+
+def _combine(pending: dict[str, Any], exit_code: int, signal: int | None) -> dict[str, Any]:
+    """The first signal and the first non-zero exit code among a shared run's writers win."""
+    return {
+        "exit_code": pending["exit_code"] if pending.get("exit_code") else exit_code,
+        "signal": pending["signal"] if pending.get("signal") is not None else signal,
+        "writers": pending.get("writers", 0) + 1,
+    }
 
 
 @_apply.register

@@ -29,10 +29,17 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def update_stats(stats: Stats | None, value: Any) -> Stats:
-    """The key's statistics after one more logged value (a new dict; the input is not changed)."""
+def update_stats(stats: Stats | None, value: Any, step: int = 0, rank: int | None = None) -> Stats:
+    """The key's statistics after one more logged value (a new dict; the input is not changed).
+
+    ``last`` is the value at the highest step; at the same step the lowest rank wins (ranks of a
+    shared run logging the same key), and at the same step and rank the later event. So the
+    summary does not depend on how the ranks' events happened to interleave.
+    """
+    order = (step, -(rank or 0))
     new: Stats = dict(stats) if stats else {"first": value}
-    new["last"] = value
+    if "at" not in new or tuple(order) >= tuple(new["at"]):
+        new["last"], new["at"] = value, list(order)
     if is_number(value) and not math.isnan(value):
         v = float(value)
         new["min"] = v if "min" not in new else min(new["min"], v)

@@ -35,7 +35,7 @@ T0 = datetime(2026, 3, 1, tzinfo=UTC)
 RUN_KEY = "(SELECT entity || '/' || project || '/' || run_id FROM runs r WHERE r.pk = t.run_pk)"
 DUMPS = {
     "runs": "SELECT to_jsonb(t) - 'pk' FROM runs t ORDER BY entity, project, run_id",
-    "history": f"SELECT {RUN_KEY}, key, step, value::text, value_json FROM history t ORDER BY 1, 2, 3",
+    "history": f"SELECT {RUN_KEY}, key, step, value::text, value_json, rank FROM history t ORDER BY 1, 2, 3",
     "state_transitions": f"SELECT {RUN_KEY}, from_state, to_state, accepted, event_time, event_id, actor, reason "
                          "FROM state_transitions t ORDER BY 1, event_time, id",
     "writers": "SELECT writer, run_path, source_kind, rank, last_seq, gaps, duplicates FROM writers ORDER BY 1, 2",

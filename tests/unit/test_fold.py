@@ -190,14 +190,15 @@ def test_log_keeps_non_finite_floats_as_numbers():
     assert rows[1] == HistoryRow("b", 0, -math.inf, None)
 
 
-def test_log_summary_is_the_last_value_and_last_step_is_the_max_step():
+def test_log_summary_is_the_value_at_the_highest_step_and_last_step_is_the_max_step():
     state, _ = fold_all([
         ev(RunLog, LogPayload(step=5, values={"loss": 3.0})),
         ev(RunLog, LogPayload(step=7, values={"loss": 2.0, "acc": 0.1})),
-        ev(RunLog, LogPayload(step=6, values={"acc": 0.2}), writer="w2", rank=1),  # a slower rank
+        ev(RunLog, LogPayload(step=6, values={"acc": 0.2}), writer="w2", rank=1),  # a slower rank, behind
+        ev(RunLog, LogPayload(step=7, values={"loss": 9.0}), writer="w2", rank=1),  # same step: rank 0 wins
     ], running())
     assert state.last_step == 7
-    assert state.summary == {"loss": 2.0, "acc": 0.2, "_step": 7}
+    assert state.summary == {"loss": 2.0, "acc": 0.1, "_step": 7}
 
 
 # --- tags, config, summary, update ---------------------------------------------------------------
@@ -437,8 +438,9 @@ def test_transition_rows_describe_exactly_the_moves(events):
             assert state.state == before.state
         if isinstance(e, RunLog):
             assert [r for r in rows if isinstance(r, HistoryRow)] == [
-                HistoryRow(k, e.payload.step, float(v), None) if isinstance(v, (int, float)) and not isinstance(v, bool)
-                else HistoryRow(k, e.payload.step, None, v)
+                HistoryRow(k, e.payload.step, float(v), None, e.source.rank or 0)
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+                else HistoryRow(k, e.payload.step, None, v, e.source.rank or 0)
                 for k, v in e.payload.values.items()
             ]
 
@@ -475,3 +477,42 @@ def test_run_state_is_frozen():
     with pytest.raises(AttributeError):
         running().state = "failed"  # type: ignore[misc]
     assert isinstance(running(), RunState)
+
+
+# --- shared runs: several ranks, one run id ------------------------------------------------------
+
+
+def test_a_shared_run_finishes_when_its_last_writer_does():
+    state, rows = fold_all([
+        ev(RunInit, InitPayload(), writer="w0", rank=0),
+        ev(RunInit, InitPayload(), writer="w1", rank=1),
+        ev(RunInit, InitPayload(), writer="w2", rank=2),
+        ev(RunFinish, FinishPayload(exit_code=0), writer="w0", rank=0),
+    ])
+    assert state.state == "running" and state.open_writers == ("w1", "w2")
+    state, more = fold_all([ev(RunFinish, FinishPayload(exit_code=0), writer="w2", rank=2),
+                            ev(RunFinish, FinishPayload(exit_code=0), writer="w1", rank=1)], state)
+    assert state.state == "finished" and state.open_writers == ()
+    (last,) = [r for r in more if isinstance(r, TransitionRow)]
+    assert last.accepted and "last of 3 writers" in (last.reason or "")
+
+
+def test_one_failed_rank_makes_the_shared_run_failed():
+    state, _ = fold_all([
+        ev(RunInit, InitPayload(), writer="w0", rank=0),
+        ev(RunInit, InitPayload(), writer="w1", rank=1),
+        ev(RunFinish, FinishPayload(exit_code=3), writer="w1", rank=1),
+        ev(RunFinish, FinishPayload(exit_code=0), writer="w0", rank=0),
+    ])
+    assert (state.state, state.exit_code) == ("failed", 3)
+
+
+def test_same_key_same_step_lowest_rank_wins_in_history_rows_order_independent():
+    from projections.fold import HistoryRow
+
+    a = ev(RunLog, LogPayload(step=3, values={"loss": 1.0}), writer="w0", rank=0)
+    b = ev(RunLog, LogPayload(step=3, values={"loss": 2.0}), writer="w1", rank=1)
+    for order in ([a, b], [b, a]):
+        state, rows = fold_all(order, running())
+        assert state.summary["loss"] == 1.0
+        assert {r.rank: r.value for r in rows if isinstance(r, HistoryRow)} == {0: 1.0, 1: 2.0}
