@@ -31,7 +31,7 @@ SCRATCH = "runlog_replay"
 GRAVEYARD = "runlog_replaced"
 READ_MODEL_TABLES = ("runs", "history", "state_transitions", "writers", "metric_definitions", "alerts")
 READ_MODEL_VIEWS = ("projects",)
-KEPT_TABLES = ("event_store", "consumer_offsets", "schema_migrations")
+KEPT_TABLES = ("event_store", "consumer_offsets", "schema_migrations", "webhooks", "alert_deliveries")
 BATCH = 5000
 
 
@@ -58,7 +58,7 @@ async def replay(conn: asyncpg.Connection, progress: Progress | None = None,
     try:
         await migrate(conn)
         for table in KEPT_TABLES:  # the scratch copies of these are not used
-            await conn.execute(f"DROP TABLE {SCRATCH}.{table} CASCADE")
+            await conn.execute(f"DROP TABLE IF EXISTS {SCRATCH}.{table} CASCADE")
         # Unqualified names now resolve to the scratch read models, then to the live event store.
         await conn.execute(f"SET search_path TO {SCRATCH}, {live_schema}")
         total = await conn.fetchval(f"SELECT count(*) FROM {live_schema}.event_store")

@@ -79,6 +79,70 @@ def migrate() -> None:
     console.print(f"applied: {', '.join(applied)}" if applied else "nothing to apply", highlight=False)
 
 
+@main.group()
+def webhooks() -> None:
+    """Webhooks that receive a project's alerts (HTTP POST of JSON, retried until delivered)."""
+
+
+def _db(action):  # type: ignore[no-untyped-def]
+    """Run ``action(conn)`` against RUNLOG_DATABASE_URL, with a one-sentence error if unreachable."""
+    import asyncpg
+
+    s = get_settings()
+
+    async def go():  # type: ignore[no-untyped-def]
+        try:
+            conn = await asyncpg.connect(s.database_url)
+        except OSError as exc:
+            _fail(f"cannot reach PostgreSQL at {s.database_url}: {exc}")
+        try:
+            return await action(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+@webhooks.command("add")
+@click.argument("project_path", metavar="ENTITY/PROJECT")
+@click.argument("url")
+def webhooks_add(project_path: str, url: str) -> None:
+    """Send the alerts of ENTITY/PROJECT to URL from now on."""
+    parts = project_path.split("/")
+    if len(parts) != 2 or not all(parts):
+        _fail(f"expected ENTITY/PROJECT, got {project_path!r}")
+    if not url.startswith(("http://", "https://")):
+        _fail(f"the webhook URL must start with http:// or https://, got {url!r}")
+    hook_id = _db(lambda conn: conn.fetchval(
+        """INSERT INTO webhooks (entity, project, url) VALUES ($1, $2, $3)
+           ON CONFLICT (entity, project, url) DO UPDATE SET active = true RETURNING id""", parts[0], parts[1], url))
+    console.print(f"webhook {hook_id}: alerts of {project_path} -> {url}", highlight=False)
+
+
+@webhooks.command("list")
+def webhooks_list() -> None:
+    """Show the configured webhooks and their delivery counts."""
+    rows = _db(lambda conn: conn.fetch(
+        """SELECT w.id, w.entity || '/' || w.project AS project, w.url, w.active,
+                  count(*) FILTER (WHERE d.delivered) AS delivered, count(d.attempt) AS attempts
+           FROM webhooks w LEFT JOIN alert_deliveries d ON d.webhook_id = w.id
+           GROUP BY w.id ORDER BY w.id"""))
+    table = Table("id", "project", "url", "active", "delivered", "attempts", box=None)
+    for r in rows:
+        table.add_row(str(r["id"]), r["project"], r["url"], str(r["active"]), str(r["delivered"]), str(r["attempts"]))
+    console.print(table)
+
+
+@webhooks.command("remove")
+@click.argument("hook_id", type=int)
+def webhooks_remove(hook_id: int) -> None:
+    """Stop sending alerts to webhook HOOK_ID (its delivery record stays)."""
+    done = _db(lambda conn: conn.fetchval("UPDATE webhooks SET active = false WHERE id = $1 RETURNING id", hook_id))
+    if done is None:
+        _fail(f"there is no webhook {hook_id}")
+    console.print(f"webhook {hook_id} removed", highlight=False)
+
+
 @main.command()
 def replay() -> None:
     """Rebuild every read model from the event store and swap it in atomically (API keeps serving)."""

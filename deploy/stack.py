@@ -32,9 +32,10 @@ class Service:
 PYTHON_SERVICES = [
     Service("consumer", "consumers", "projection consumer"),
     Service("watchdog", "consumers.watchdog", "watchdog"),
+    Service("notifier", "consumers.notifier", "alert notifier"),
     Service("api", "api", "HTTP API"),
 ]
-ORDER = ["postgres", "kafka", "consumer", "watchdog", "api"]
+ORDER = ["postgres", "kafka", "consumer", "watchdog", "notifier", "api"]
 
 
 def ready_file(s: Settings, name: str):

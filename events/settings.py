@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     crash_timeout: float = Field(default=300.0, gt=0, description="seconds without any sign of life "
                                  "before the watchdog marks a running run crashed (W&B: about 5 minutes)")
     watchdog_interval: float = Field(default=10.0, gt=0, description="seconds between two watchdog scans")
+    notifier_interval: float = Field(default=1.0, gt=0, description="seconds between two scans for alerts to deliver")
+    webhook_backoff: float = Field(default=2.0, gt=0, description="first retry delay of a failed webhook; doubles")
+    webhook_max_backoff: float = Field(default=300.0, gt=0, description="longest delay between two webhook attempts")
+    webhook_timeout: float = Field(default=10.0, gt=0, description="seconds one webhook POST may take")
 
     @cached_property
     def kafka_host(self) -> str:

@@ -62,14 +62,14 @@ def test_up_twice_is_harmless_and_down_stops_every_process_it_started(tmp_path: 
     assert first.returncode == 0, first.stderr
     run_dir = tmp_path / "home" / "run"
     pids = {p.stem: process.recorded(tmp_path / "home", p.stem) for p in run_dir.glob("*.pid")}
-    assert set(pids) == {"postgres", "kafka", "consumer", "watchdog", "api"}
+    assert set(pids) == {"postgres", "kafka", "consumer", "watchdog", "notifier", "api"}
     assert all(rec and process.is_alive(rec.pid, rec.marker) for rec in pids.values())
 
     second = subprocess.run([*RUNLOG, "up"], env=env, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0, second.stderr
     assert "started" not in second.stdout  # everything was already running
     status = subprocess.run([*RUNLOG, "status"], env=env, capture_output=True, text=True, timeout=60)
-    assert status.stdout.count("running") == 5
+    assert status.stdout.count("running") == 6
 
     down = subprocess.run([*RUNLOG, "down"], env=env, capture_output=True, text=True, timeout=120)
     assert down.returncode == 0, down.stderr
