@@ -8,7 +8,10 @@
    consumer's offset rows (so the live consumer pauses between batches), folds the last few
    and swaps the read-model tables and views: the live ones move to a graveyard schema, the
    rebuilt ones into ``public``. Readers see either the old or the new models, never a mix.
-3. Interrupting it at any point before the swap leaves the live models untouched; the next
+3. ``--from-kafka`` rebuilds the event store as well, reading the topic from offset 0 through
+   the live consumer's batch path (``apply_batch``), and hands the consumer group the positions
+   it reached, inside the same swap transaction.
+4. Interrupting it at any point before the swap leaves the live models untouched; the next
    replay drops the leftover scratch schema first.
 
 The event store, the consumer offsets and the migration record are not read models: they stay.
@@ -21,11 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from events import EventError, decode
 from projections.migrate import migrate
 
-from .postgres import BatchResult, Record, project_records
+from .postgres import BatchResult, Record, apply_batch, project_records
 
 SCRATCH = "runlog_replay"
 GRAVEYARD = "runlog_replaced"
@@ -47,14 +52,26 @@ class ReplayResult:
 Progress = Callable[[int, int], None]  # (events done, events known so far)
 
 
-async def replay(conn: asyncpg.Connection, progress: Progress | None = None,
-                 live_schema: str = "public") -> ReplayResult:
-    """Rebuild the read models of ``live_schema`` from its event store and swap them in."""
+async def replay(conn: asyncpg.Connection, progress: Progress | None = None, live_schema: str = "public",
+                 from_kafka: KafkaSource | None = None) -> ReplayResult:
+    """Rebuild the read models of ``live_schema`` from its event store and swap them in.
+
+    With ``from_kafka``, the event store itself is rebuilt too, from offset 0 of the topic, and
+    the consumer group's positions are set to where the replay stopped (inside the swap)."""
     started = time.perf_counter()
     result = ReplayResult()
     await conn.execute(f"DROP SCHEMA IF EXISTS {SCRATCH} CASCADE")
     await conn.execute(f"CREATE SCHEMA {SCRATCH}")
     await conn.execute(f"SET search_path TO {SCRATCH}")
+    if from_kafka is not None:
+        try:
+            await migrate(conn)
+            await _replay_kafka(conn, live_schema, from_kafka, result, progress)
+        finally:
+            await conn.execute("RESET search_path")
+        await conn.execute(f"DROP SCHEMA IF EXISTS {SCRATCH} CASCADE")
+        result.seconds = time.perf_counter() - started
+        return result
     try:
         await migrate(conn)
         for table in KEPT_TABLES:  # the scratch copies of these are not used
@@ -112,14 +129,85 @@ async def _fold_from(conn: asyncpg.Connection, live_schema: str, position: int, 
             progress(result.events, max(total, result.events))
 
 
-async def _swap(conn: asyncpg.Connection, live_schema: str) -> None:
+@dataclass(frozen=True)
+class KafkaSource:
+    bootstrap_servers: str
+    topic: str
+    group: str  # the consumer group whose positions the replay takes over
+
+
+async def _replay_kafka(conn: asyncpg.Connection, live_schema: str, source: KafkaSource, result: ReplayResult,
+                        progress: Progress | None) -> None:
+    """Everything in the topic, through the live consumer's own batch path, into the scratch schema."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=source.bootstrap_servers, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        parts = [TopicPartition(source.topic, p) for p in await _partitions(source)]
+        if not parts:
+            raise ValueError(f"topic {source.topic} does not exist")
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+
+        async def read_to(ends: dict[TopicPartition, int]) -> None:
+            total = sum(ends.values())
+            async def behind() -> bool:
+                return any([await consumer.position(tp) < end for tp, end in ends.items()])
+
+            while await behind():
+                batch = await consumer.getmany(*parts, timeout_ms=500, max_records=BATCH)
+                records, consumed = [], {}
+                for tp, recs in batch.items():
+                    for rec in recs:
+                        consumed[tp.partition] = rec.offset + 1
+                        try:
+                            records.append(Record(tp.partition, rec.offset, decode(rec.value or b""), rec.value or b""))
+                        except EventError:
+                            result.undecodable += 1  # the live consumer dead-lettered it too
+                if consumed:
+                    applied = await apply_batch(conn, source.group, source.topic, records, consumed)
+                    result.events += sum(len(r) for r in batch.values())
+                    result.applied += applied.applied
+                    result.skipped += applied.duplicates
+                    if progress is not None:
+                        progress(result.events, max(total, result.events))
+
+        await read_to(await consumer.end_offsets(parts))  # the bulk, while the live consumer runs on
+        async with conn.transaction():
+            await conn.execute(f"SELECT 1 FROM {live_schema}.consumer_offsets FOR UPDATE")
+            await read_to(await consumer.end_offsets(parts))  # the rest, with the live consumer paused
+            await conn.execute(
+                f"""INSERT INTO {live_schema}.consumer_offsets (group_id, topic, partition, next_offset)
+                    SELECT group_id, topic, partition, next_offset FROM {SCRATCH}.consumer_offsets
+                    WHERE group_id = $1 AND topic = $2
+                    ON CONFLICT (group_id, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset,
+                        updated_at = now()""",
+                source.group, source.topic,
+            )
+            await _swap(conn, live_schema, tables=(*READ_MODEL_TABLES, "event_store"))
+        await conn.execute(f"DROP SCHEMA IF EXISTS {GRAVEYARD} CASCADE")
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(source: KafkaSource) -> list[int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=source.bootstrap_servers)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([source.topic])
+    finally:
+        await admin.close()
+    return sorted(p["partition"] for t in described if not t.get("error_code") for p in t["partitions"])
+
+
+async def _swap(conn: asyncpg.Connection, live_schema: str, tables: tuple[str, ...] = READ_MODEL_TABLES) -> None:
     await conn.execute(f"DROP SCHEMA IF EXISTS {GRAVEYARD} CASCADE")
     await conn.execute(f"CREATE SCHEMA {GRAVEYARD}")
     for view in READ_MODEL_VIEWS:
         await conn.execute(f"ALTER VIEW {live_schema}.{view} SET SCHEMA {GRAVEYARD}")
-    for table in READ_MODEL_TABLES:
+    for table in tables:
         await conn.execute(f"ALTER TABLE {live_schema}.{table} SET SCHEMA {GRAVEYARD}")
-    for table in READ_MODEL_TABLES:
+    for table in tables:
         await conn.execute(f"ALTER TABLE {SCRATCH}.{table} SET SCHEMA {live_schema}")
     for view in READ_MODEL_VIEWS:
         await conn.execute(f"ALTER VIEW {SCRATCH}.{view} SET SCHEMA {live_schema}")

@@ -144,10 +144,12 @@ def webhooks_remove(hook_id: int) -> None:
 
 
 @main.command()
-def replay() -> None:
+@click.option("--from-kafka", is_flag=True, help="rebuild the event store too, from offset 0 of the events topic")
+def replay(from_kafka: bool) -> None:
     """Rebuild every read model from the event store and swap it in atomically (API keeps serving)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+    from consumers.replay import KafkaSource
     from consumers.replay import replay as run_replay
 
     s = get_settings()
@@ -166,8 +168,10 @@ def replay() -> None:
             with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                           TimeRemainingColumn(), console=console) as bar:
                 task = bar.add_task("replaying events", total=None)
+                source = KafkaSource(s.bootstrap_servers, s.events_topic, s.consumer_group) if from_kafka else None
                 result = await run_replay(conn, progress=lambda done, total: bar.update(task, completed=done,
-                                                                                         total=total))
+                                                                                         total=total),
+                                          from_kafka=source)
         finally:
             await conn.close()
         rate = result.events / result.seconds if result.seconds else 0.0

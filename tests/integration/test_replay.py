@@ -208,3 +208,57 @@ async def test_replay_rebuilds_a_damaged_read_model_and_keeps_nan(scoped: Scoped
     more = RunFinish(run=run, source=src, seq=6, time=T0 + timedelta(seconds=9), payload=FinishPayload())
     await apply_batch(conn, "g", "topic", [Record(0, 6, more, encode(more))], {0: 7})
     assert await conn.fetchval("SELECT state FROM runs") == "finished"
+
+
+async def test_replay_from_kafka_rebuilds_the_event_store_and_takes_over_the_offsets(
+        scoped: Scoped, local_stack: Settings) -> None:
+    """A schema whose event store is gone: the topic alone rebuilds it and every read model,
+    equal to what the live path built from the same records (a garbage record and a resend included)."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from consumers.replay import KafkaSource
+
+    topic = f"runlog.events.t-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=local_stack.bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 3, 1)])
+    finally:
+        await admin.close()
+    runs = [RunRef(entity="e", project="p", run_id=f"r{i}") for i in range(4)]
+    events: list[Event] = []
+    for i, run in enumerate(runs):
+        src = Source(kind="sdk", writer=f"w{i}", rank=0)
+        events.append(RunInit(run=run, source=src, seq=0, time=T0, payload=InitPayload(tags=["a"])))
+        events += [RunLog(run=run, source=src, seq=s + 1, time=T0 + timedelta(seconds=s + 1),
+                          payload=LogPayload(step=s, values={"loss": 1 / (s + 1)})) for s in range(20)]
+        events.append(RunFinish(run=run, source=src, seq=21, time=T0 + timedelta(seconds=30), payload=FinishPayload()))
+    producer = AIOKafkaProducer(bootstrap_servers=local_stack.bootstrap_servers, acks="all")
+    await producer.start()
+    sent: list[Record] = []
+    try:
+        for e in [*events, events[5]]:  # the last one a resend
+            meta = await producer.send_and_wait(topic, encode(e), key=e.key)
+            sent.append(Record(meta.partition, meta.offset, e, encode(e)))
+        await producer.send_and_wait(topic, b"garbage", key=b"e/p/r0")
+    finally:
+        await producer.stop()
+
+    conn = scoped.conn
+    consumed: dict[int, int] = {}
+    for r in sent:
+        consumed[r.partition] = max(consumed.get(r.partition, 0), r.offset + 1)
+    await apply_batch(conn, "g", topic, sent, consumed)
+    live = await dump(conn)
+    await conn.execute("TRUNCATE event_store, runs, history, state_transitions, writers, consumer_offsets")
+
+    result = await replay(conn, live_schema=scoped.schema,
+                          from_kafka=KafkaSource(local_stack.bootstrap_servers, topic, "g"))
+    await conn.execute(f"SET search_path TO {scoped.schema}")
+    assert (result.events, result.undecodable) == (len(sent) + 1, 1)
+    assert await dump(conn) == live
+    assert await conn.fetchval("SELECT count(*) FROM event_store") == len(events)
+    ends = {r["partition"]: r["next_offset"] for r in await conn.fetch(
+        "SELECT partition, next_offset FROM consumer_offsets WHERE group_id = 'g' AND topic = $1", topic)}
+    assert sum(ends.values()) == len(sent) + 1  # every record, the garbage one included, is behind the group
