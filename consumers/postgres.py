@@ -17,6 +17,8 @@ from typing import Any
 
 import asyncpg
 
+from events.codec import dumps
+
 from events import Event
 from projections.fold import AlertRow, HistoryRow, MetricRow, RunState, TransitionRow, fold
 
@@ -104,17 +106,23 @@ async def _store_offsets(conn: asyncpg.Connection, group: str, topic: str, posit
 async def _insert_events(conn: asyncpg.Connection, records: list[Record]) -> set[Any]:
     if not records:
         return set()
+    await _stage(conn, "event_stage", "id uuid, run_path text, type text, v integer, writer text, seq bigint, "
+                 "event_time timestamptz, kafka_partition integer, kafka_offset bigint, body bytea")
+    await conn.copy_records_to_table("event_stage", records=[
+        (r.event.id, r.event.run.path, r.event.type, r.event.v, r.event.source.writer, r.event.seq, r.event.time,
+         r.partition, r.offset, r.body) for r in records
+    ])
     rows = await conn.fetch(
         """INSERT INTO event_store (id, run_path, type, v, writer, seq, event_time, kafka_partition, kafka_offset, body)
-           SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::bigint[],
-                                $7::timestamptz[], $8::int[], $9::bigint[], $10::bytea[])
-           ON CONFLICT (id) DO NOTHING RETURNING id""",
-        [r.event.id for r in records], [r.event.run.path for r in records], [r.event.type for r in records],
-        [r.event.v for r in records], [r.event.source.writer for r in records], [r.event.seq for r in records],
-        [r.event.time for r in records], [r.partition for r in records], [r.offset for r in records],
-        [r.body for r in records],
+           SELECT * FROM event_stage ORDER BY kafka_partition, kafka_offset
+           ON CONFLICT (id) DO NOTHING RETURNING id"""
     )
     return {row["id"] for row in rows}
+
+
+async def _stage(conn: asyncpg.Connection, name: str, columns: str) -> None:
+    """A temporary staging table of this connection, emptied at every commit."""
+    await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({columns}) ON COMMIT DELETE ROWS")
 
 
 async def _check_sequences(conn: asyncpg.Connection, records: list[Record], result: BatchResult) -> list[Record]:
@@ -219,15 +227,20 @@ async def _project(conn: asyncpg.Connection, events: list[Event]) -> None:
         pks[path] = pk
 
     if history:
+        # COPY (binary, encoded in asyncpg's C code) into a per-connection staging table, then one
+        # set-based upsert: several times faster than unnest() arrays encoded value by value.
+        await _stage(conn, "history_stage",
+                     "run_pk bigint, key text, step bigint, value float8, value_json text, rank integer")
+        await conn.copy_records_to_table("history_stage", records=[
+            (pks[p], k, s, h.value, None if h.value_json is None else dumps(h.value_json).decode(), h.rank)
+            for (p, k, s), h in history.items()
+        ])
         await conn.execute(
             """INSERT INTO history (run_pk, key, step, value, value_json, rank)
-               SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::float8[], $5::jsonb[], $6::int[])
+               SELECT run_pk, key, step, value, value_json::jsonb, rank FROM history_stage
                ON CONFLICT (run_pk, key, step) DO UPDATE
                SET value = EXCLUDED.value, value_json = EXCLUDED.value_json, rank = EXCLUDED.rank
-               WHERE EXCLUDED.rank <= history.rank""",
-            [pks[p] for p, _, _ in history], [k for _, k, _ in history], [s for _, _, s in history],
-            [h.value for h in history.values()], [h.value_json for h in history.values()],
-            [h.rank for h in history.values()],
+               WHERE EXCLUDED.rank <= history.rank"""
         )
     if transitions:
         await conn.executemany(

@@ -35,17 +35,31 @@ def update_stats(stats: Stats | None, value: Any, step: int = 0, rank: int | Non
     ``last`` is the value at the highest step; at the same step the lowest rank wins (ranks of a
     shared run logging the same key), and at the same step and rank the later event. So the
     summary does not depend on how the ranks' events happened to interleave.
+    This runs once per logged point, so it is written for speed (exact type checks: the wire
+    contract only carries int, float, bool, str, None and lists).
     """
-    order = (step, -(rank or 0))
-    new: Stats = dict(stats) if stats else {"first": value}
-    if "at" not in new or tuple(order) >= tuple(new["at"]):
-        new["last"], new["at"] = value, list(order)
-    if is_number(value) and not math.isnan(value):
+    neg_rank = -(rank or 0)
+    if stats is None:
+        new: Stats = {"first": value, "last": value, "at": [step, neg_rank]}
+    else:
+        new = stats.copy()
+        at = new["at"]
+        if step > at[0] or (step == at[0] and neg_rank >= at[1]):
+            new["last"] = value
+            new["at"] = [step, neg_rank]
+    kind = type(value)
+    if (kind is float or kind is int) and value == value:  # a number, and not NaN
         v = float(value)
-        new["min"] = v if "min" not in new else min(new["min"], v)
-        new["max"] = v if "max" not in new else max(new["max"], v)
-        new["sum"] = new.get("sum", 0.0) + v
-        new["count"] = new.get("count", 0) + 1
+        if "count" in new:
+            if v < new["min"]:
+                new["min"] = v
+            if v > new["max"]:
+                new["max"] = v
+            new["sum"] += v
+            new["count"] += 1
+        else:
+            new["min"] = new["max"] = new["sum"] = v
+            new["count"] = 1
     return new
 
 
