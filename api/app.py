@@ -17,7 +17,7 @@ import asyncpg
 import orjson
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from events.settings import Settings, get_settings
@@ -25,9 +25,15 @@ from events.values import tag_nonfinite
 from projections.db import create_pool
 
 from . import queries
+from .filters import FilterError, parse_field, parse_filters, parse_order
 
 log = logging.getLogger("runlog.api")
 PREFIX = "/api/v1"
+
+
+FiltersParam = Annotated[str | None, Query(
+    description='JSON filter in W&B\'s MongoDB-like form, e.g. {"$and": [{"state": "finished"}, '
+                '{"config.lr": {"$lt": 0.01}}]}', max_length=100_000)]
 
 
 class State(TypedDict):
@@ -74,6 +80,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         return error(422, "invalid_request", problems)
 
+    @app.exception_handler(FilterError)
+    async def bad_filter(request: Request, exc: FilterError) -> JSONResponse:
+        return error(400, "bad_request", str(exc))
+
+    @app.exception_handler(asyncpg.DataError)
+    async def bad_value(request: Request, exc: asyncpg.DataError) -> JSONResponse:
+        # A value PostgreSQL refused: an invalid regular expression, a number out of range...
+        return error(400, "bad_request", f"a value in the request was refused: {exc}")
+
     @app.exception_handler(asyncpg.PostgresConnectionError)
     @app.exception_handler(ConnectionError)
     @app.exception_handler(OSError)
@@ -99,6 +114,64 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return error(503, "not_ready", f"database not ready: {exc.__class__.__name__}")
         return {"status": "ready"}
 
+    @app.get(f"{PREFIX}/projects/{{entity}}", tags=["projects"])
+    async def list_projects(entity: str, request: Request) -> Any:
+        """The entity's projects with their overview figures (empty list if it has none)."""
+        async with pool(request).acquire() as conn:
+            found = await queries.projects(conn, entity)
+        return JSONResponse({"projects": found})
+
+    @app.get(f"{PREFIX}/projects/{{entity}}/{{project}}", tags=["projects"])
+    async def get_project(entity: str, project: str, request: Request) -> Any:
+        """One project: created_at, last_active, total_runs, total_compute, runs_by_state, contributors."""
+        async with pool(request).acquire() as conn:
+            found = await queries.project(conn, entity, project)
+        if found is None:
+            raise HTTPException(404, f"project {entity}/{project} not found")
+        return JSONResponse(found)
+
+    @app.get(f"{PREFIX}/runs/{{entity}}/{{project}}", tags=["runs"])
+    async def list_runs(
+        entity: str, project: str, request: Request,
+        filters: FiltersParam = None,
+        order: Annotated[str, Query(description="field to sort by, '-' for descending", max_length=600)] = "-created_at",
+        per_page: Annotated[int, Query(ge=1, le=1000)] = 50,
+        cursor: Annotated[str | None, Query(description="next_cursor of the previous page", max_length=4000)] = None,
+        include_deleted: bool = False,
+    ) -> Any:
+        """Runs of a project, filtered, sorted and paged by a keyset cursor: ``{runs, next_cursor, total}``."""
+        parsed, sort = parse_filters(filters), parse_order(order)
+        async with pool(request).acquire() as conn:
+            if not await queries.project_exists(conn, entity, project):
+                raise HTTPException(404, f"project {entity}/{project} not found")
+            page = await queries.runs_page(conn, entity, project, filters=parsed, sort=sort, per_page=per_page,
+                                           cursor=cursor, include_deleted=include_deleted)
+        return JSONResponse(page)
+
+    @app.get(f"{PREFIX}/runs/{{entity}}/{{project}}/groups", tags=["runs"])
+    async def group_runs(
+        entity: str, project: str, request: Request,
+        by: Annotated[str, Query(description="field to group by: state, group, job_type, tags, config.x, ...",
+                                 max_length=600)],
+        filters: FiltersParam = None,
+        limit: Annotated[int, Query(ge=1, le=1000, description="most groups returned, largest first")] = 100,
+        include_deleted: bool = False,
+    ) -> Any:
+        """Runs grouped by a field: per value the count and min/mean/max of the numeric summary keys."""
+        field, parsed = parse_field(by), parse_filters(filters)
+        async with pool(request).acquire() as conn:
+            if not await queries.project_exists(conn, entity, project):
+                raise HTTPException(404, f"project {entity}/{project} not found")
+            groups = await queries.run_groups(conn, entity, project, by=field, filters=parsed,
+                                              include_deleted=include_deleted, limit=limit)
+        return JSONResponse({"by": by, "groups": groups})
+
+    async def run_pk_or_404(conn: asyncpg.Connection, entity: str, project: str, run_id: str) -> int:
+        pk = await queries.run_pk(conn, entity, project, run_id)
+        if pk is None:
+            raise HTTPException(404, f"run {entity}/{project}/{run_id} not found")
+        return pk
+
     @app.get(f"{PREFIX}/runs/{{entity}}/{{project}}/{{run_id}}", tags=["runs"])
     async def get_run(entity: str, project: str, run_id: str, request: Request) -> Any:
         """One run: state, config, tags, summary and times."""
@@ -107,6 +180,82 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if run is None:
             raise HTTPException(404, f"run {entity}/{project}/{run_id} not found")
         return JSONResponse(run)
+
+    @app.get(f"{PREFIX}/runs/{{entity}}/{{project}}/{{run_id}}/summary", tags=["runs"])
+    async def get_summary(entity: str, project: str, run_id: str, request: Request) -> Any:
+        """The run's summary (NaN and infinities tagged)."""
+        async with pool(request).acquire() as conn:
+            run = await queries.run(conn, entity, project, run_id)
+        if run is None:
+            raise HTTPException(404, f"run {entity}/{project}/{run_id} not found")
+        return JSONResponse(run["summary"])
+
+    @app.get(f"{PREFIX}/runs/{{entity}}/{{project}}/{{run_id}}/transitions", tags=["runs"])
+    async def get_transitions(entity: str, project: str, run_id: str, request: Request) -> Any:
+        """The state-transition audit: accepted and refused moves, oldest first."""
+        async with pool(request).acquire() as conn:
+            found = await queries.transitions(conn, await run_pk_or_404(conn, entity, project, run_id))
+        return JSONResponse({"transitions": found})
+
+    @app.get(f"{PREFIX}/runs/{{entity}}/{{project}}/{{run_id}}/alerts", tags=["runs"])
+    async def get_alerts(entity: str, project: str, run_id: str, request: Request) -> Any:
+        """Every alert of the run, suppressed ones included (with the reason), oldest first."""
+        async with pool(request).acquire() as conn:
+            found = await queries.alerts(conn, await run_pk_or_404(conn, entity, project, run_id))
+        return JSONResponse({"alerts": found})
+
+    @app.get(f"{PREFIX}/runs/{{entity}}/{{project}}/{{run_id}}/events", tags=["runs"])
+    async def get_events(
+        entity: str, project: str, run_id: str, request: Request,
+        page_size: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+        cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    ) -> Any:
+        """The raw events of the run as stored (the audit), in store order, paged."""
+        after = 0
+        if cursor is not None:
+            if not cursor.isdigit() or len(cursor) > 18:
+                raise HTTPException(400, "cursor must be the next_cursor of a previous page")
+            after = int(cursor)
+        async with pool(request).acquire() as conn:
+            await run_pk_or_404(conn, entity, project, run_id)
+            found, next_pos = await queries.events_page(conn, f"{entity}/{project}/{run_id}", after, page_size)
+        return JSONResponse({"events": found, "next_cursor": None if next_pos is None else str(next_pos)})
+
+    @app.get(f"{PREFIX}/runs/{{entity}}/{{project}}/{{run_id}}/history/keys", tags=["runs"])
+    async def get_history_keys(entity: str, project: str, run_id: str, request: Request) -> Any:
+        """The keys of the run's history, with per-key stats where the run has them, and the last step."""
+        async with pool(request).acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT pk, stats, last_step FROM runs WHERE entity = $1 AND project = $2 AND run_id = $3",
+                entity, project, run_id)
+            if row is None:
+                raise HTTPException(404, f"run {entity}/{project}/{run_id} not found")
+            keys = await queries.history_keys(conn, row["pk"])
+        stats = row["stats"] or {}
+        return JSONResponse({"keys": {k: stats.get(k, {}) for k in keys}, "lastStep": row["last_step"]})
+
+    @app.get(f"{PREFIX}/runs/{{entity}}/{{project}}/{{run_id}}/history/sampled", tags=["runs"])
+    async def sampled_history(
+        entity: str, project: str, run_id: str, request: Request,
+        samples: Annotated[int, Query(ge=2, le=100_000, description="most points per key")] = 500,
+        keys: Annotated[str | None, Query(description="comma-separated metric keys; all when absent")] = None,
+        x_axis: Annotated[str, Query(min_length=1, max_length=256, description="_step or any logged metric")] = "_step",
+    ) -> Any:
+        """At most ``samples`` points per key that keep each bucket's lowest and highest value (peaks survive).
+
+        Rows ``{"_step": s, key: value, ...}`` in step order; with another ``x_axis`` each row also
+        holds that metric's value at the same step (steps without it are left out)."""
+        wanted = [k for k in keys.split(",") if k] if keys else None
+        async with pool(request).acquire() as conn:
+            pk = await run_pk_or_404(conn, entity, project, run_id)
+            if wanted is None or x_axis != "_step":
+                present = await queries.history_keys(conn, pk)
+                if x_axis != "_step" and x_axis not in present:
+                    raise HTTPException(400, f"x_axis {x_axis[:80]!r} is not a metric of this run")
+                if wanted is None:
+                    wanted = [k for k in present if k != x_axis]
+            rows = await queries.history_sampled(conn, pk, wanted, samples, x_axis)
+        return JSONResponse({"rows": rows, "samples": samples, "x_axis": x_axis})
 
     @app.get(f"{PREFIX}/runs/{{entity}}/{{project}}/{{run_id}}/history", tags=["runs"])
     async def scan_history(
@@ -117,13 +266,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         page_size: Annotated[int, Query(ge=1, le=10_000)] = 1000,
         cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     ) -> Any:
-        """Full history in step order, one row per step, paged by a cursor."""
+        """Full history in step order, one row per step, paged by a cursor.
+
+        With ``Accept: application/x-ndjson`` the whole range (``min_step``..``max_step``) is
+        streamed instead, one JSON row per line; ``page_size`` and ``cursor`` are ignored."""
         start = min_step
         if cursor is not None:
             if not cursor.isdigit():
                 raise HTTPException(400, "cursor must be the next_cursor of a previous page")
             start = max(start, int(cursor))
         wanted = [k for k in keys.split(",") if k] if keys else None
+        if "application/x-ndjson" in request.headers.get("accept", ""):
+            async with pool(request).acquire() as conn:
+                pk = await queries.run_pk(conn, entity, project, run_id)
+            if pk is None:
+                raise HTTPException(404, f"run {entity}/{project}/{run_id} not found")
+            return StreamingResponse(_stream_history(pool(request), pk, wanted, start, max_step),
+                                     media_type="application/x-ndjson")
         async with pool(request).acquire() as conn:
             pk = await queries.run_pk(conn, entity, project, run_id)
             if pk is None:
@@ -132,3 +291,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"rows": rows, "next_cursor": None if next_step is None else str(next_step)})
 
     return app
+
+
+async def _stream_history(pool: asyncpg.Pool, pk: int, keys: list[str] | None, start: int,
+                          max_step: int | None) -> AsyncIterator[bytes]:
+    """History rows as NDJSON, fetched in large pages so memory stays bounded."""
+    while True:
+        async with pool.acquire() as conn:
+            rows, next_step = await queries.history_page(conn, pk, keys, start, max_step, 10_000)
+        if rows:
+            yield b"".join(orjson.dumps(tag_nonfinite(row)) + b"\n" for row in rows)
+        if next_step is None:
+            return
+        start = next_step

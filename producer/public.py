@@ -10,14 +10,18 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from events.values import untag_nonfinite
+from events.values import tag_nonfinite, untag_nonfinite
 
 from .errors import CommError, RunNotFound
 
-__all__ = ["Api", "Run", "CommError", "RunNotFound"]
+__all__ = ["Api", "Run", "Runs", "Project", "CommError", "RunNotFound", "ProjectNotFound"]
+
+
+class ProjectNotFound(CommError, ValueError):
+    """The project does not exist (HTTP 404). A ValueError too, as W&B's ``Could not find project``."""
 
 API_PREFIX = "/api/v1"
 USER_AGENT = "runlog-sdk/0.1"
@@ -57,7 +61,54 @@ class Api:
         data = self._get_json(_run_url(entity, project, run_id), not_found=f"Could not find run {entity}/{project}/{run_id}")
         return Run(self, data)
 
+    def runs(
+        self,
+        path: str | None = None,
+        filters: Mapping[str, Any] | None = None,
+        order: str = "-created_at",
+        per_page: int = 50,
+        include_deleted: bool = False,
+    ) -> Runs:
+        """The runs of ``entity/project`` (or ``project`` in the default entity), lazily, page by page.
+
+        ``filters`` in W&B's MongoDB-like form (``{"$and": [{"state": "finished"},
+        {"config.lr": {"$lt": 0.01}}]}``), ``order`` a field with ``-``/``+`` for the direction.
+        ``len()`` is the number of matching runs. Raises ProjectNotFound (a ValueError) when the
+        project has no runs at all, on the first access."""
+        entity, project = self._split_project(path)
+        if not 1 <= per_page <= 1000:
+            raise ValueError("per_page must be between 1 and 1000")
+        return Runs(self, entity, project, filters=filters, order=order, per_page=per_page,
+                    include_deleted=include_deleted)
+
+    def project(self, name: str, entity: str | None = None) -> Project:
+        """The project ``entity/project`` (or ``name`` in ``entity`` / the default entity)."""
+        if entity is not None and "/" not in name:
+            name = f"{entity}/{name}"
+        entity, project = self._split_project(name)
+        data = self._get_json(_project_url(entity, project), not_found=f"Could not find project {entity}/{project}",
+                              not_found_error=ProjectNotFound)
+        return Project(self, data)
+
+    def projects(self, entity: str | None = None, per_page: int = 200) -> list[Project]:
+        """Every project of ``entity`` (default: the default entity), by name."""
+        entity = entity or self.default_entity
+        if not entity:
+            raise ValueError("no entity given and no default entity is set (RUNLOG_ENTITY)")
+        data = self._get_json(f"{API_PREFIX}/projects/{_quote(entity)}")
+        return [Project(self, p) for p in data.get("projects") or []]
+
     # -- HTTP ---------------------------------------------------------------------------------
+
+    def _split_project(self, path: str | None) -> tuple[str, str]:
+        parts = [p for p in (path or "").strip("/").split("/") if p]
+        if len(parts) == 1:
+            if not self.default_entity:
+                raise ValueError(f"project path {path!r} has no entity and no default entity is set (RUNLOG_ENTITY)")
+            parts = [self.default_entity, *parts]
+        if len(parts) != 2:
+            raise ValueError(f"project path must look like 'entity/project', got {path!r}")
+        return parts[0], parts[1]
 
     def _split(self, path: str) -> tuple[str, str, str]:
         parts = [p for p in path.strip("/").split("/") if p]
@@ -71,7 +122,8 @@ class Api:
             raise ValueError(f"run path must look like 'entity/project/run_id', got {path!r}")
         return parts[0], parts[1], parts[2]
 
-    def _get_json(self, path: str, params: dict[str, Any] | None = None, *, not_found: str | None = None) -> Any:
+    def _get_json(self, path: str, params: dict[str, Any] | None = None, *, not_found: str | None = None,
+                  not_found_error: type[CommError] = RunNotFound) -> Any:
         url = self.base_url + path
         if params:
             query = {k: v for k, v in params.items() if v is not None}
@@ -87,7 +139,7 @@ class Api:
         except urllib.error.HTTPError as e:
             message = _error_message(e)
             if e.code == 404 and not_found is not None:
-                raise RunNotFound(f"{not_found}: {message}" if message else not_found, status=404, url=url) from None
+                raise not_found_error(f"{not_found}: {message}" if message else not_found, status=404, url=url) from None
             raise CommError(message or e.reason or "request failed", status=e.code, url=url) from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
@@ -101,9 +153,97 @@ class Api:
         return f"<Api {self.base_url}>"
 
 
+def _quote(part: str) -> str:
+    return urllib.parse.quote(part, safe="")
+
+
 def _run_url(entity: str, project: str, run_id: str) -> str:
-    quote = lambda s: urllib.parse.quote(s, safe="")  # noqa: E731
-    return f"{API_PREFIX}/runs/{quote(entity)}/{quote(project)}/{quote(run_id)}"
+    return f"{API_PREFIX}/runs/{_quote(entity)}/{_quote(project)}/{_quote(run_id)}"
+
+
+def _project_url(entity: str, project: str) -> str:
+    return f"{API_PREFIX}/projects/{_quote(entity)}/{_quote(project)}"
+
+
+class Runs:
+    """A lazy, paged sequence of runs (``api.runs(...)``): iterate, index, ``len()``.
+
+    Pages are fetched as they are needed (keyset cursors, so runs created meanwhile neither
+    repeat nor shift the pages). ``len()`` is the server's count of matching runs."""
+
+    def __init__(self, api: Api, entity: str, project: str, *, filters: Mapping[str, Any] | None, order: str,
+                 per_page: int, include_deleted: bool) -> None:
+        self._api = api
+        self.entity, self.project = entity, project
+        self.filters, self.order, self.per_page = dict(filters or {}), order, per_page
+        self.include_deleted = include_deleted
+        self._runs: list[Run] = []
+        self._cursor: str | None = None
+        self._total: int | None = None
+        self._done = False
+
+    def _fetch(self) -> None:
+        params: dict[str, Any] = {
+            "filters": json.dumps(tag_nonfinite(self.filters), allow_nan=False) if self.filters else None,
+            "order": self.order, "per_page": self.per_page, "cursor": self._cursor,
+            "include_deleted": "true" if self.include_deleted else None,
+        }
+        page = self._api._get_json(f"{API_PREFIX}/runs/{_quote(self.entity)}/{_quote(self.project)}", params,
+                                   not_found=f"Could not find project {self.entity}/{self.project}",
+                                   not_found_error=ProjectNotFound)
+        self._runs.extend(Run(self._api, r) for r in page.get("runs") or [])
+        self._total = page.get("total")
+        self._cursor = page.get("next_cursor")
+        self._done = not self._cursor
+
+    def __iter__(self) -> Iterator[Run]:
+        i = 0
+        while True:
+            while i < len(self._runs):
+                yield self._runs[i]
+                i += 1
+            if self._done:
+                return
+            self._fetch()
+
+    def __len__(self) -> int:
+        if self._total is None:
+            self._fetch()
+        return self._total or 0
+
+    def __getitem__(self, index: int) -> Run:
+        if index < 0:
+            index += len(self)
+        while index >= len(self._runs) and not self._done:
+            self._fetch()
+        return self._runs[index]
+
+    def __repr__(self) -> str:
+        return f"<Runs {self.entity}/{self.project}>"
+
+
+class Project:
+    """A project and its overview figures, as ``api.project(...)`` returns it."""
+
+    def __init__(self, api: Api, data: dict[str, Any]) -> None:
+        self._api = api
+        self._attrs = data
+        self.entity: str = data["entity"]
+        self.name: str = data.get("name") or data["project"]
+        self.path: str = f"{self.entity}/{self.name}"
+        self.created_at: str | None = data.get("created_at")
+        self.last_active: str | None = data.get("last_active")
+        self.total_runs: int = data.get("total_runs") or 0
+        self.total_compute: float = data.get("total_compute") or 0.0
+        self.runs_by_state: dict[str, int] = dict(data.get("runs_by_state") or {})
+        self.contributors: list[str] = list(data.get("contributors") or [])
+
+    def runs(self, filters: Mapping[str, Any] | None = None, order: str = "-created_at",
+             per_page: int = 50) -> Runs:
+        return self._api.runs(self.path, filters=filters, order=order, per_page=per_page)
+
+    def __repr__(self) -> str:
+        return f"<Project {self.path}>"
 
 
 def _error_message(error: urllib.error.HTTPError) -> str | None:
@@ -187,6 +327,66 @@ class Run:
             cursor = page.get("next_cursor")
             if not cursor:
                 return
+
+    def _get(self, suffix: str, params: dict[str, Any] | None = None) -> Any:
+        return self._api._get_json(_run_url(self.entity, self.project, self.id) + suffix, params,
+                                   not_found=f"Could not find run {self.path}")
+
+    def history(
+        self,
+        samples: int = 500,
+        keys: Iterable[str] | None = None,
+        x_axis: str = "_step",
+        pandas: bool = True,
+        stream: str = "default",
+    ) -> Any:
+        """Sampled history for charts: at most ``samples`` points per key, keeping each bucket's
+        lowest and highest value, so peaks (and NaN/inf) survive.
+
+        Rows ``{"_step": s, key: value, ...}`` in step order, plus ``x_axis`` when it is another
+        metric. A pandas DataFrame if ``pandas`` and pandas is installed, else a list of dicts.
+        ``stream="system"`` (system metrics) is empty: runlog records none."""
+        if stream not in ("default", "system"):
+            raise ValueError(f"stream must be 'default' or 'system', not {stream!r}")
+        if isinstance(keys, str):
+            keys = [keys]
+        rows: list[dict[str, Any]] = []
+        if stream == "default":
+            page = self._get("/history/sampled", {"samples": samples, "keys": ",".join(keys) if keys else None,
+                                                   "x_axis": x_axis})
+            rows = page.get("rows") or []
+        if pandas:
+            try:
+                import pandas as pd  # type: ignore[import-not-found,import-untyped,unused-ignore]
+            except ImportError:
+                return rows
+            return pd.DataFrame.from_records(rows)
+        return rows
+
+    @property
+    def history_keys(self) -> dict[str, Any]:
+        """``{"keys": {key: stats}, "lastStep": n}``: the keys of the run's history."""
+        return self._get("/history/keys")  # type: ignore[no-any-return]
+
+    def transitions(self) -> list[dict[str, Any]]:
+        """The state-transition audit: ``from``, ``to``, ``at``, ``recorded_at``, ``event_id``,
+        ``actor``, ``reason``, ``accepted`` (refused moves included), oldest first."""
+        return list(self._get("/transitions").get("transitions") or [])
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """Every alert of the run, suppressed ones included (``suppressed``, ``reason``)."""
+        return list(self._get("/alerts").get("alerts") or [])
+
+    def events(self, page_size: int = 1000) -> list[dict[str, Any]]:
+        """The raw events of the run as stored (the audit trail), in store order."""
+        out: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            page = self._get("/events", {"page_size": page_size, "cursor": cursor})
+            out.extend(page.get("events") or [])
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return out
 
     def __repr__(self) -> str:
         return f"<Run {self.path} ({self.state})>"
