@@ -1,4 +1,4 @@
-"""The read API: HTTP JSON under ``/api/v1`` with an OpenAPI document at ``/api/v1/openapi.json``.
+"""The HTTP API under ``/api/v1`` (OpenAPI at ``/api/v1/openapi.json``): reads here, commands in ``commands.py``.
 
 The asyncpg pool lives in typed lifespan state. Every error is JSON ``{"error": code,
 "message": text}``: 4xx for what the client got wrong, 503 when PostgreSQL is away, and
@@ -15,17 +15,21 @@ from typing import Annotated, Any, TypedDict
 
 import asyncpg
 import orjson
-from fastapi import FastAPI, HTTPException, Query, Request
+import pydantic
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from events.errors import EventError
 from events.settings import Settings, get_settings
 from events.values import tag_nonfinite
 from projections.db import create_pool
 
-from . import queries
+from . import commands, queries
+from .auth import AuthError, authorize, ensure_dev_key
 from .filters import FilterError, parse_field, parse_filters, parse_order
+from .writer import KafkaUnavailable, Writer
 
 log = logging.getLogger("runlog.api")
 PREFIX = "/api/v1"
@@ -38,6 +42,7 @@ FiltersParam = Annotated[str | None, Query(
 
 class State(TypedDict):
     pool: asyncpg.Pool
+    writer: Writer
 
 
 class JSONResponse(Response):
@@ -57,14 +62,41 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         pool = await create_pool(settings.database_url)
+        writer = Writer(settings)
         try:
-            yield {"pool": pool}
+            try:
+                async with pool.acquire() as conn:
+                    await ensure_dev_key(conn, settings)
+            except (OSError, asyncpg.PostgresError) as exc:  # not migrated yet, or no database: reads say so
+                log.warning("could not ensure the development API key: %r", exc)
+            yield {"pool": pool, "writer": writer}
         finally:
+            await writer.close()
             await pool.close()
+
+    async def read_auth(request: Request) -> None:
+        """With RUNLOG_API_AUTH_READS=true, reads of an entity need a key with the read scope."""
+        if not settings.api_auth_reads or request.method not in ("GET", "HEAD"):
+            return
+        entity = request.path_params.get("entity")
+        if entity is None and not request.url.path.startswith(f"{PREFIX}/commands/"):
+            return  # health, ready, the OpenAPI document
+        async with request.state.pool.acquire() as conn:
+            try:
+                if entity is None:  # a command token: any live key
+                    from .auth import bearer, lookup
+                    text = bearer(request.headers.get("authorization"))
+                    if text is None or await lookup(conn, text[:500]) is None:
+                        raise AuthError(401, "an API key is needed")
+                else:
+                    await authorize(conn, request.headers.get("authorization"), entity, "read")
+            except AuthError as exc:
+                raise HTTPException(exc.status, str(exc)) from None
 
     app = FastAPI(
         title="runlog", version="1", lifespan=lifespan, default_response_class=JSONResponse,
         openapi_url=f"{PREFIX}/openapi.json", docs_url=f"{PREFIX}/docs", redoc_url=None,
+        dependencies=[Depends(read_auth)],
     )
 
     @app.exception_handler(StarletteHTTPException)
@@ -79,6 +111,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         return error(422, "invalid_request", problems)
+
+    @app.exception_handler(pydantic.ValidationError)
+    async def invalid_event(request: Request, exc: pydantic.ValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        return error(422, "invalid_request", problems[:2000])
+
+    @app.exception_handler(EventError)
+    async def invalid_event_value(request: Request, exc: EventError) -> JSONResponse:
+        return error(422, "invalid_request", str(exc)[:2000])
+
+    @app.exception_handler(KafkaUnavailable)
+    async def kafka_away(request: Request, exc: KafkaUnavailable) -> JSONResponse:
+        log.warning("kafka unavailable: %s", exc)
+        return error(503, "unavailable", f"the command was not accepted: {exc}; try again shortly")
 
     @app.exception_handler(FilterError)
     async def bad_filter(request: Request, exc: FilterError) -> JSONResponse:
@@ -290,6 +338,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             rows, next_step = await queries.history_page(conn, pk, wanted, start, max_step, page_size)
         return JSONResponse({"rows": rows, "next_cursor": None if next_step is None else str(next_step)})
 
+    commands.register(app, settings, JSONResponse)
     return app
 
 

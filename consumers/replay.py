@@ -36,7 +36,7 @@ SCRATCH = "runlog_replay"
 GRAVEYARD = "runlog_replaced"
 READ_MODEL_TABLES = ("runs", "history", "state_transitions", "writers", "metric_definitions", "alerts")
 READ_MODEL_VIEWS = ("projects",)
-KEPT_TABLES = ("event_store", "consumer_offsets", "schema_migrations", "webhooks", "alert_deliveries")
+KEPT_TABLES = ("event_store", "consumer_offsets", "schema_migrations", "webhooks", "alert_deliveries", "api_keys")
 BATCH = 5000
 
 

@@ -143,6 +143,52 @@ def webhooks_remove(hook_id: int) -> None:
     console.print(f"webhook {hook_id} removed", highlight=False)
 
 
+@main.group()
+def keys() -> None:
+    """API keys (per entity, scopes read and/or write; stored hashed, shown once)."""
+
+
+@keys.command("create")
+@click.argument("entity")
+@click.option("--read-only", is_flag=True, help="read scope only (no writes)")
+@click.option("--label", default=None, help="a note to tell keys apart in `runlog keys list`")
+def keys_create(entity: str, read_only: bool, label: str | None) -> None:
+    """Create an API key for ENTITY and print it (once: only its hash is stored)."""
+    from api.auth import create_key
+
+    if not entity or "/" in entity:
+        _fail(f"not an entity name: {entity!r}")
+    scopes = ("read",) if read_only else ("read", "write")
+    key_id, text = _db(lambda conn: create_key(conn, entity, scopes, label))
+    err_console.print(f"key {key_id} for entity {entity} ({', '.join(scopes)}); shown once, keep it safe:",
+                      highlight=False)
+    click.echo(text)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """Show the API keys (id, entity, scopes, prefix, created, last used, revoked); never the key."""
+    rows = _db(lambda conn: conn.fetch(
+        "SELECT id, entity, scopes, prefix, label, created_at, revoked_at FROM api_keys ORDER BY id"))
+    table = Table("id", "entity", "scopes", "prefix", "label", "created", "revoked", box=None)
+    for r in rows:
+        table.add_row(str(r["id"]), r["entity"], ",".join(r["scopes"]), r["prefix"] + "...", r["label"] or "",
+                      r["created_at"].strftime("%Y-%m-%d %H:%M"),
+                      r["revoked_at"].strftime("%Y-%m-%d %H:%M") if r["revoked_at"] else "")
+    console.print(table)
+
+
+@keys.command("revoke")
+@click.argument("key_id", type=int)
+def keys_revoke(key_id: int) -> None:
+    """Revoke API key KEY_ID: requests with it get 401 from now on."""
+    done = _db(lambda conn: conn.fetchval(
+        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 RETURNING id", key_id))
+    if done is None:
+        _fail(f"there is no API key {key_id}")
+    console.print(f"API key {key_id} revoked", highlight=False)
+
+
 @main.command()
 @click.option("--from-kafka", is_flag=True, help="rebuild the event store too, from offset 0 of the events topic")
 def replay(from_kafka: bool) -> None:

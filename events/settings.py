@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     database_url: str = "postgresql://runlog@127.0.0.1:5432/runlog"
     api_url: str = "http://127.0.0.1:8080"
     api_key: str | None = None
+    api_auth_reads: bool = Field(default=False, description="reads need an API key with the read scope too")
     entity: str | None = None
     project: str | None = None
 

@@ -1,7 +1,13 @@
-"""The public read client, mirroring ``wandb.Api``: ``Api().run("entity/project/run_id")``.
+"""The public client, mirroring ``wandb.Api``: ``Api().run("entity/project/run_id")``.
 
 Standard library only (``urllib.request``), so the SDK stays light. Non-finite floats arrive
-tagged (``{"$f": "NaN"}``) in the API's JSON and are turned back into floats here.
+tagged (``{"$f": "NaN"}``) in the API's JSON and are turned back into floats here (and are
+tagged again on the way out).
+
+Writes (``run.update()``, ``run.summary.update()``, ``run.delete()``, ``run.update_state()``,
+``api.create_run()``) need an API key with the write scope: ``api_key``, else RUNLOG_API_KEY,
+else the development key the local API writes to ``$RUNLOG_HOME/api-key``. They return once the
+server applied the change (read-your-writes).
 """
 
 from __future__ import annotations
@@ -17,21 +23,56 @@ from events.values import tag_nonfinite, untag_nonfinite
 
 from .errors import CommError, RunNotFound
 
-__all__ = ["Api", "Run", "Runs", "Project", "CommError", "RunNotFound", "ProjectNotFound"]
+__all__ = ["Api", "Run", "Runs", "Project", "CommError", "RunNotFound", "ProjectNotFound", "CommandConflict",
+           "CommandPending", "find_api_key"]
+
+FINAL_STATES = ("finished", "failed", "crashed", "killed", "preempted")
 
 
 class ProjectNotFound(CommError, ValueError):
     """The project does not exist (HTTP 404). A ValueError too, as W&B's ``Could not find project``."""
+
+
+class CommandConflict(CommError, ValueError):
+    """The server refused the command (HTTP 409): a state move the state machine does not allow
+    (the message says why), or a run that already exists."""
+
+
+class CommandPending(CommError):
+    """The command was accepted (Kafka has it) but not applied within the wait (HTTP 504).
+
+    It will be applied; ``token`` is the event id to ask ``Api.command_status`` about."""
+
+    def __init__(self, message: str, status: int | None = None, url: str | None = None,
+                 token: str | None = None) -> None:
+        super().__init__(message, status=status, url=url)
+        self.token = token
+
+
+def find_api_key(settings: Any = None) -> str | None:
+    """RUNLOG_API_KEY, else the development key the local API wrote to ``$RUNLOG_HOME/api-key``."""
+    if settings is None:
+        from events.settings import get_settings
+
+        settings = get_settings()
+    if settings.api_key:
+        return str(settings.api_key)
+    try:
+        with open(f"{settings.home}/api-key", encoding="utf-8") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
 
 API_PREFIX = "/api/v1"
 USER_AGENT = "runlog-sdk/0.1"
 
 
 class Api:
-    """Read runs from a runlog server.
+    """Read and edit runs on a runlog server.
 
-    ``base_url`` and ``api_key`` default to RUNLOG_API_URL / RUNLOG_API_KEY; with a key every
-    request carries ``Authorization: Bearer <key>``. ``default_entity`` (else RUNLOG_ENTITY, else the OS user, as in ``init``)
+    ``base_url`` and ``api_key`` default to RUNLOG_API_URL / RUNLOG_API_KEY (else the file
+    ``$RUNLOG_HOME/api-key`` the local API writes); with a key every request carries
+    ``Authorization: Bearer <key>``. ``default_entity`` (else RUNLOG_ENTITY, else the OS user, as in ``init``)
     completes paths given as ``project/run_id``."""
 
     def __init__(
@@ -46,7 +87,8 @@ class Api:
 
         settings = get_settings()
         self.base_url = (base_url or settings.api_url).rstrip("/")
-        self.api_key = api_key if api_key is not None else settings.api_key
+        self.api_key = api_key if api_key is not None else find_api_key(settings)
+        self.settings = settings
         # Same default as the SDK's init(): RUNLOG_ENTITY, else the OS user name.
         from ._run import _user
 
@@ -98,7 +140,62 @@ class Api:
         data = self._get_json(f"{API_PREFIX}/projects/{_quote(entity)}")
         return [Project(self, p) for p in data.get("projects") or []]
 
+    def create_run(self, *, run_id: str | None = None, project: str | None = None, entity: str | None = None,
+                   state: str = "pending", **fields: Any) -> Run:
+        """Create a run in state ``pending`` (ahead of scheduling); W&B's ``Api.create_run``.
+
+        ``fields``: name, group, job_type, tags, notes, config. Raises CommandConflict if the run exists."""
+        if state != "pending":
+            raise ValueError(f"a run can only be created in state 'pending', not {state!r}")
+        entity = entity or self.default_entity
+        project = project or self.settings.project or "uncategorized"
+        if not entity:
+            raise ValueError("no entity given and no default entity is set (RUNLOG_ENTITY)")
+        body = {"state": state, **({"run_id": run_id} if run_id else {}), **fields}
+        answer = self._send_json("POST", f"{API_PREFIX}/runs/{_quote(entity)}/{_quote(project)}", body)
+        return Run(self, answer["run"])
+
+    def command_status(self, token: str) -> dict[str, Any]:
+        """``{"status": "applied" | "pending", ...}`` of a command's token (its event id)."""
+        return self._get_json(f"{API_PREFIX}/commands/{_quote(token)}")  # type: ignore[no-any-return]
+
     # -- HTTP ---------------------------------------------------------------------------------
+
+    def _send_json(self, method: str, path: str, body: Any = None, *, not_found: str | None = None) -> Any:
+        """A command: ``method`` with a JSON body; returns the answer once the server applied it."""
+        url = self.base_url + path
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+        data = None
+        if body is not None:
+            data = json.dumps(tag_nonfinite(body), allow_nan=False).encode()
+            headers["Content-Type"] = "application/json"
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(url, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as e:
+            payload = _error_body(e)
+            message = payload.get("message") if isinstance(payload.get("message"), str) else None
+            if e.code == 404 and not_found is not None:
+                raise RunNotFound(f"{not_found}: {message}" if message else not_found, status=404, url=url) from None
+            if e.code == 409:
+                raise CommandConflict(message or "conflict", status=409, url=url) from None
+            if e.code == 504 and payload.get("token"):
+                raise CommandPending(message or "not applied yet", status=504, url=url,
+                                     token=payload.get("token")) from None
+            if e.code in (401, 403) and not self.api_key:
+                message = (f"{message or e.reason}; no API key was found (set RUNLOG_API_KEY, pass api_key=, "
+                           "or let the local API write $RUNLOG_HOME/api-key)")
+            raise CommError(message or e.reason or "request failed", status=e.code, url=url) from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise CommError(f"cannot reach runlog API at {self.base_url}: {reason}", url=url) from None
+        try:
+            return untag_nonfinite(json.loads(raw))
+        except ValueError:
+            raise CommError(f"the server answered with something that is not JSON: {raw[:80]!r}", url=url) from None
 
     def _split_project(self, path: str | None) -> tuple[str, str]:
         parts = [p for p in (path or "").strip("/").split("/") if p]
@@ -246,6 +343,34 @@ class Project:
         return f"<Project {self.path}>"
 
 
+def _error_body(error: urllib.error.HTTPError) -> dict[str, Any]:
+    try:
+        body = json.loads(error.read() or b"null")
+    except (ValueError, OSError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as JSON values (NaN equals NaN, 1 is not True)."""
+    return json.dumps(tag_nonfinite(a), sort_keys=True) == json.dumps(tag_nonfinite(b), sort_keys=True)
+
+
+class Summary(dict):  # type: ignore[type-arg]
+    """A run's summary: a dict; ``update()`` (with or without new keys) saves the changes made to it.
+
+    ``run.summary["k"] = v; run.summary.update()`` sets k on the server; ``del run.summary["k"]``
+    then ``update()`` removes it."""
+
+    def __init__(self, run: Run, data: Mapping[str, Any]) -> None:
+        super().__init__(data)
+        self._run = run
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        super().update(*args, **kwargs)
+        self._run._save(summary_only=True)
+
+
 def _error_message(error: urllib.error.HTTPError) -> str | None:
     """The server's JSON ``message`` (or ``detail``) if the error body has one."""
     try:
@@ -260,11 +385,22 @@ def _error_message(error: urllib.error.HTTPError) -> str | None:
 
 
 class Run:
-    """A run as the server sees it (a snapshot; call :meth:`load` to refresh)."""
+    """A run as the server sees it (a snapshot; call :meth:`load` to refresh).
+
+    Edit ``tags`` (a list), ``name``, ``notes``, ``summary`` and ``config`` in place, then
+    :meth:`update` sends what changed: tags as a delta against the loaded tags (so a tag added
+    meanwhile by the training process survives), summary keys set and removed, config keys
+    set. Config keys cannot be removed (a config update only merges)."""
 
     def __init__(self, api: Api, data: dict[str, Any]) -> None:
         self._api = api
         self._apply(data)
+
+    @classmethod
+    def create(cls, api: Api, run_id: str | None = None, project: str | None = None, entity: str | None = None,
+               state: str = "pending", **fields: Any) -> Run:
+        """Create a pending run (W&B's ``Run.create``); same as ``api.create_run``."""
+        return api.create_run(run_id=run_id, project=project, entity=entity, state=state, **fields)
 
     def _apply(self, data: dict[str, Any]) -> None:
         self._attrs = data
@@ -279,7 +415,7 @@ class Run:
         self.notes: str | None = data.get("notes")
         self.tags: list[str] = list(data.get("tags") or [])
         self.config: dict[str, Any] = dict(data.get("config") or {})
-        self.summary: dict[str, Any] = dict(data.get("summary") or {})
+        self.summary: Summary = Summary(self, data.get("summary") or {})
         self.created_at: str | None = data.get("created_at")
         self.updated_at: str | None = data.get("updated_at")
         self.heartbeat_at: str | None = data.get("heartbeat_at")
@@ -293,10 +429,95 @@ class Run:
     def url(self) -> str:
         return self._api.base_url + _run_url(self.entity, self.project, self.id)
 
-    def load(self) -> Run:
-        """Fetch the run again and refresh these attributes."""
+    def load(self, force: bool = False) -> Run:
+        """Fetch the run again and refresh these attributes (edits not yet saved are dropped).
+
+        ``force`` is accepted for W&B compatibility: runlog always fetches."""
         self._apply(self._api._get_json(_run_url(self.entity, self.project, self.id), not_found=f"Could not find run {self.path}"))
         return self
+
+    def _changes(self, summary_only: bool = False) -> dict[str, Any]:
+        loaded = self._attrs
+        edit: dict[str, Any] = {}
+        old_summary = loaded.get("summary") or {}
+        set_ = {k: v for k, v in self.summary.items() if k not in old_summary or not _same(old_summary[k], v)}
+        remove = [k for k in old_summary if k not in self.summary]
+        if set_ or remove:
+            edit["summary"] = {"set": set_, "remove": remove}
+        if summary_only:
+            return edit
+        old_tags = list(loaded.get("tags") or [])
+        add = [t for t in dict.fromkeys(self.tags) if t not in old_tags]
+        drop = [t for t in old_tags if t not in self.tags]
+        if add or drop:
+            edit["tags"] = {"add": add, "remove": drop}
+        if self.name != loaded.get("name") and self.name is not None:
+            edit["name"] = self.name
+        if self.notes != loaded.get("notes") and self.notes is not None:
+            edit["notes"] = self.notes
+        old_config = loaded.get("config") or {}
+        config = {k: v for k, v in self.config.items() if k not in old_config or not _same(old_config[k], v)}
+        if config:
+            edit["config"] = config
+        return edit
+
+    def _save(self, summary_only: bool = False) -> None:
+        edit = self._changes(summary_only)
+        if not edit:
+            return
+        answer = self._api._send_json("PATCH", _run_url(self.entity, self.project, self.id), edit,
+                                      not_found=f"Could not find run {self.path}")
+        if summary_only:  # keep other unsaved edits; take the server's summary
+            self._attrs = {**self._attrs, "summary": answer["run"]["summary"]}
+            self.summary = Summary(self, answer["run"]["summary"])
+        else:
+            self._apply(answer["run"])
+
+    def update(self) -> None:
+        """Save the changes made to name, notes, tags, summary and config; returns once applied."""
+        self._save()
+
+    def save(self) -> None:
+        """Same as :meth:`update`."""
+        self._save()
+
+    def delete(self, delete_artifacts: bool = False) -> None:
+        """Soft-delete the run (``Api().runs(..., include_deleted=True)`` still lists it)."""
+        answer = self._api._send_json("DELETE", _run_url(self.entity, self.project, self.id),
+                                      not_found=f"Could not find run {self.path}")
+        self._apply(answer["run"])
+
+    def undelete(self) -> None:
+        """Undo :meth:`delete`."""
+        answer = self._api._send_json("POST", _run_url(self.entity, self.project, self.id) + "/undelete",
+                                      not_found=f"Could not find run {self.path}")
+        self._apply(answer["run"])
+
+    def update_state(self, state: str, reason: str | None = None) -> bool:
+        """Move the run to ``pending`` (requeue) or ``failed``. Raises CommandConflict (HTTP 409) with
+        the reason when the state machine does not allow the move from the run's current state."""
+        if state not in ("pending", "failed"):
+            raise ValueError(f"update_state can move a run to 'pending' or 'failed', not {state!r}")
+        body: dict[str, Any] = {"state": state}
+        if reason is not None:
+            body["reason"] = reason
+        answer = self._api._send_json("POST", _run_url(self.entity, self.project, self.id) + "/state", body,
+                                      not_found=f"Could not find run {self.path}")
+        self._apply(answer["run"])
+        return True
+
+    def wait_until_finished(self, timeout: float | None = None, interval: float = 1.0) -> Run:
+        """Poll until the run is in a final state (finished, failed, crashed, killed, preempted)."""
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self.load()
+            if self.state in FINAL_STATES:
+                return self
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"run {self.path} is still {self.state} after {timeout}s")
+            time.sleep(interval)
 
     def scan_history(
         self,

@@ -179,6 +179,11 @@ def _(event: RunInit, state: RunState | None) -> tuple[RunState | None, list[Row
                        notes=p.notes, config=dict(p.config), host=dict(p.host), heartbeat_at=event.time,
                        open_writers=_writer_of(event))
         return _move(base, event, None, p.state, "run.init")
+    if p.state == "pending":
+        # "Create a pending run" for a run that already exists (two creates raced): refused, audited.
+        return state, [TransitionRow(from_state=state.state, to_state="pending", accepted=False,
+                                     event_time=event.time, event_id=event.id, actor=event.source.kind,
+                                     reason="the run already exists; a pending run can only be created")]
     merged = replace(
         state,
         name=p.name or state.name, group=p.group or state.group, job_type=p.job_type or state.job_type,

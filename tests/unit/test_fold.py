@@ -516,3 +516,11 @@ def test_same_key_same_step_lowest_rank_wins_in_history_rows_order_independent()
         state, rows = fold_all(order, running())
         assert state.summary["loss"] == 1.0
         assert {r.rank: r.value for r in rows if isinstance(r, HistoryRow)} == {0: 1.0, 1: 2.0}
+
+
+def test_creating_a_pending_run_that_already_exists_is_refused_and_changes_nothing():
+    state = running()
+    new, rows = fold(state, ev(RunInit, InitPayload(state="pending"), kind="api", writer="api-1"))
+    assert new == state
+    (row,) = rows
+    assert not row.accepted and row.to_state == "pending" and "already exists" in row.reason

@@ -93,11 +93,48 @@ def test_short_path_uses_default_entity(api):
         api.run("a/b/c/d/e")
 
 
-def test_no_key_no_authorization_header(server, monkeypatch):
+def test_no_key_no_authorization_header(server, monkeypatch, tmp_path):
     monkeypatch.delenv("RUNLOG_API_KEY", raising=False)
+    monkeypatch.setenv("RUNLOG_HOME", str(tmp_path))  # no development key file there
     Handler.requests.clear()
     Api(server).run("ent/proj/abc123")
     assert Handler.requests[-1][2] is None
+
+
+def test_development_key_file_is_found_and_env_wins(server, monkeypatch, tmp_path):
+    monkeypatch.delenv("RUNLOG_API_KEY", raising=False)
+    monkeypatch.setenv("RUNLOG_HOME", str(tmp_path))
+    (tmp_path / "api-key").write_text("rl_ent_fromfile\n")
+    Handler.requests.clear()
+    Api(server).run("ent/proj/abc123")
+    assert Handler.requests[-1][2] == "Bearer rl_ent_fromfile"
+    monkeypatch.setenv("RUNLOG_API_KEY", "rl_ent_fromenv")
+    Api(server).run("ent/proj/abc123")
+    assert Handler.requests[-1][2] == "Bearer rl_ent_fromenv"
+
+
+def test_update_sends_only_the_changes(server, monkeypatch):
+    from producer.public import Run
+
+    sent = []
+    api = Api(server, api_key="k", default_entity="ent")
+    monkeypatch.setattr(api, "_send_json", lambda method, path, body=None, **kw: sent.append((method, path, body))
+                        or {"run": {**RUN, "tags": ["b", "c"]}})
+    run = api.run("ent/proj/abc123")
+    assert isinstance(run, Run)
+    run.update()
+    assert sent == []  # nothing changed, nothing sent
+    run.tags.append("c")
+    run.tags.remove("a")
+    run.summary["acc"] = 0.75
+    run.update()
+    method, path, body = sent[-1]
+    assert (method, path) == ("PATCH", "/api/v1/runs/ent/proj/abc123")
+    # NaN in the loaded summary is unchanged (NaN equals NaN here), so only acc is sent
+    assert body == {"tags": {"add": ["c"], "remove": ["a"]}, "summary": {"set": {"acc": 0.75}, "remove": []}}
+    assert run.tags == ["b", "c"]
+    with pytest.raises(ValueError, match="pending"):
+        run.update_state("running")
 
 
 def test_defaults_come_from_settings(server, monkeypatch):
