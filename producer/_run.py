@@ -20,6 +20,7 @@ import signal as _signal
 import socket
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -27,7 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from events.model import EVENT_TYPES, MetricPayload, RunRef, Source
-from events.values import MAX_STRING_LENGTH, normalize_config, normalize_values
+from events.values import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_KEY_LENGTH,
+    MAX_KEYS,
+    MAX_STRING_LENGTH,
+    normalize_config,
+    normalize_values,
+)
 
 from ._transport import DisabledTransport, KafkaTransport, Transport
 from .errors import RunlogWarning, UsageError
@@ -37,6 +46,10 @@ METRIC_SUMMARIES = ("min", "max", "mean", "best", "last", "none", "first")
 ALERT_LEVELS = ("INFO", "WARN", "ERROR")
 FINISH_TIMEOUT = 30.0  # seconds finish() waits for Kafka to acknowledge what was logged
 _ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+# log()'s fast path: value types that need no further check, and those that need a range/length check
+_PLAIN_TYPES = frozenset({float, bool, type(None)})
+_SCALAR_TYPES = frozenset({float, bool, type(None), int, str})
+_KNOWN_KEYS_MAX = 100_000  # keys log() remembers as checked (per run); beyond, new keys take the slow path
 _ADJECTIVES = (
     "amber autumn bold brisk calm cosmic crisp dainty dark dry eager fancy fiery frosty gentle "
     "glad golden grateful hardy hazy icy jolly kind lively lucky misty noble olive polar proud "
@@ -96,9 +109,17 @@ def generate_id(length: int = 8) -> str:
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
 
 
-def generate_name() -> str:
-    """A W&B-looking display name, ``adjective-noun-N`` (N is random: there is no server to count)."""
-    return f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_NOUNS)}-{secrets.randbelow(999) + 1}"
+def generate_name(seed: str | None = None) -> str:
+    """A W&B-looking display name, ``adjective-noun-N`` (N is random: there is no server to count).
+
+    With a ``seed`` (an explicit run id) the name follows from it, so the ranks of a shared run
+    that all start with ``id=X`` and no name agree on one name instead of overwriting each other's."""
+    if seed is None:
+        return f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_NOUNS)}-{secrets.randbelow(999) + 1}"
+    import random
+
+    rng = random.Random(seed)
+    return f"{rng.choice(_ADJECTIVES)}-{rng.choice(_NOUNS)}-{rng.randrange(999) + 1}"
 
 
 def _user() -> str:
@@ -296,8 +317,12 @@ class Run:
         rank: int | None,
         transport: Transport,
         run_dir: Path | None = None,
+        resumed: bool = False,
+        starting_step: int = 0,
+        api_url: str | None = None,
     ) -> None:
         self._ref = RunRef(entity=entity, project=project, run_id=run_id)
+        self._path = self._ref.path
         self._dir = run_dir
         self._preempting = False
         self._writer = _get_writer()
@@ -307,8 +332,15 @@ class Run:
         self._mode = mode
         self._rank = rank
         self._transport = transport
+        # Transports that build events on their own thread take log rows as RawEvent tuples.
+        self._send_raw = getattr(transport, "send_raw", None)
+        self._known_keys: set[str] = set()  # log keys already checked (plain str keys, see _fast_values)
         self._lock = threading.RLock()  # step/row state; taken before the writer's lock
-        self._step = 0
+        self._resumed = resumed
+        self._starting_step = starting_step
+        self._start_time = time.time()
+        self._api_url = api_url
+        self._step = starting_step
         self._row: dict[str, Any] = {}  # the uncommitted history row (commit=False)
         self._finished = False
         self._config = Config(self, config)  # the initial values travel in run.init, not run.config
@@ -356,6 +388,43 @@ class Run:
     @property
     def rank(self) -> int | None:
         return self._rank
+
+    @property
+    def resumed(self) -> bool:
+        """True if ``init(resume=...)`` continued an existing run."""
+        return self._resumed
+
+    @property
+    def starting_step(self) -> int:
+        """The first step of this process: 0, or for a resumed run the step after its last one."""
+        return self._starting_step
+
+    @property
+    def start_time(self) -> float:
+        """When this process started the run (unix seconds)."""
+        return self._start_time
+
+    @property
+    def url(self) -> str | None:
+        """The run in the runlog API (None for a disabled run). runlog has no web UI of its own."""
+        return self.get_url()
+
+    def get_url(self) -> str | None:
+        if self._api_url is None:
+            return None
+        from .public import _run_url
+
+        return self._api_url.rstrip("/") + _run_url(self.entity, self.project, self.id)
+
+    def get_project_url(self) -> str | None:
+        if self._api_url is None:
+            return None
+        from .public import _project_url
+
+        return self._api_url.rstrip("/") + _project_url(self.entity, self.project)
+
+    def project_name(self) -> str:
+        return self.project
 
     @property
     def writer_id(self) -> str:
@@ -445,9 +514,9 @@ class Run:
                 step = step.item()
             else:
                 raise UsageError(f"step must be an int, not {type(step).__name__}")
-        if step is not None and step < 0:
-            raise UsageError(f"step must be >= 0, got {step}")
-        values = normalize_values(data)
+        if step is not None and not 0 <= step <= INT64_MAX:
+            raise UsageError(f"step must be >= 0 (and fit in 64 bits), got {step}")
+        values = data if self._fast_values(data) else self._slow_values(data)
         with self._lock:
             self._check_live("log")
             if step is not None:
@@ -468,12 +537,44 @@ class Run:
             if commit:
                 self._commit()
 
+    def _fast_values(self, data: Any) -> bool:
+        """Whether ``data`` is a flat dict that needs no conversion: every key already checked
+        by an earlier log() of this run, every value a float, bool, None, int64 or short string.
+
+        A few C-level set operations for the common case (a training loop logging the same
+        keys every step); anything else (new or nested keys, numpy scalars, lists) takes
+        :meth:`_slow_values`, which converts it or raises the ValueError naming key and type."""
+        if type(data) is not dict or len(data) > MAX_KEYS or not data.keys() <= self._known_keys:
+            return False
+        types = set(map(type, data.values()))
+        if types <= _PLAIN_TYPES:
+            return True
+        if not types <= _SCALAR_TYPES:
+            return False
+        for v in data.values():
+            t = type(v)
+            if (t is int and not INT64_MIN <= v <= INT64_MAX) or (t is str and len(v) > MAX_STRING_LENGTH):
+                return False
+        return True
+
+    def _slow_values(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        """Flatten, check and convert with the contract's rules; remember plain top-level keys."""
+        values = normalize_values(data)
+        known = self._known_keys
+        if len(known) < _KNOWN_KEYS_MAX:
+            # A key is "known" only if it stands for itself (not a dict flattened into "a.b").
+            known.update(k for k in data if type(k) is str and k in values and len(k) <= MAX_KEY_LENGTH)
+        return values
+
     def _commit(self) -> None:
         """Emit the pending row at the current step and move to the next (caller holds the lock)."""
         if not self._row:
             return
         row, self._row = self._row, {}
-        self._emit("run.log", {"step": self._step, "values": row})
+        if self._send_raw is not None:
+            self._emit_raw("run.log", {"step": self._step, "values": row})
+        else:
+            self._emit("run.log", {"step": self._step, "values": row})
         self._step += 1
         self._summary._logged(row)
 
@@ -608,6 +709,19 @@ class Run:
             _run_deferred_signal(writer)
         return event
 
+    def _emit_raw(self, event_type: str, payload: dict[str, Any]) -> None:
+        """:meth:`_emit` for payloads already checked (log rows): stamp the seq and the time
+        here, in order, and leave building and encoding the event to the transport's thread."""
+        writer = self._writer
+        with writer.lock:
+            if self._finished:
+                raise UsageError(f"run {self._path} is finished")
+            seq = writer.next_seq.get(self._path, 0)
+            writer.next_seq[self._path] = seq + 1
+            self._send_raw((event_type, self._ref, self._source, seq, time.time(), payload))
+        if writer.deferred_signal is not None:
+            _run_deferred_signal(writer)
+
     def _emit_init(self, resumed: bool = False, starting_step: int = 0) -> None:
         self._emit(
             "run.init",
@@ -652,9 +766,10 @@ def init(
     tags: Iterable[str] | None = None,
     notes: str | None = None,
     config: Any = None,
+    resume: bool | str | None = None,
     mode: str | None = None,
-    rank: int | None = None,
     dir: str | os.PathLike[str] | None = None,  # noqa: A002 - W&B's name for it
+    rank: int | None = None,
 ) -> Run:
     """Start a run, make it ``producer.run`` and return it (``with producer.init(...) as run:``).
 
@@ -665,6 +780,19 @@ def init(
     The spool lives in ``$RUNLOG_HOME/spool/<entity>+<project>+<id>/`` (with ``dir=D``:
     ``D/runlog/<entity>+<project>+<id>/``), one ``<writer>.spool`` file per process.
     An active run of this process is finished first (as W&B's ``reinit``).
+
+    ``resume`` (W&B's meanings; needs ``id``, and asks the API whether that run exists):
+    ``"allow"`` or True resumes it if it exists, else starts it new; ``"must"`` resumes it or
+    raises (also when the API cannot be reached); ``"never"`` raises if it exists; None/False
+    (the default) does not ask. A resumed run sends ``run.init`` with ``resumed=True``, keeps
+    its name, config and summary, and continues its step counter (``run.starting_step`` is
+    the step after its last logged one). With the API unreachable, ``"allow"`` and ``"never"``
+    start the run as new and say so with a warning. Offline runs cannot ask: ``"must"``
+    raises, the others warn.
+
+    Several processes may write into one run (distributed training): give each the same
+    ``id`` and its ``rank`` (or the RANK environment variable). Each process is its own writer;
+    the server ends the run when the last writer that joined it finishes.
     """
     from events.settings import get_settings
 
@@ -677,6 +805,9 @@ def init(
         raise UsageError(f"rank must be a non-negative int, not {rank!r}")
     config_values = dict(_as_config_mapping(config))
     normalize_config(config_values)  # fail here, before anything is started
+    resume_mode = _check_resume(resume)
+    if resume_mode == "must" and not id:
+        raise UsageError("resume='must' needs the id of the run to resume: init(id=..., resume='must')")
     run_id = id or generate_id()
 
     import producer
@@ -687,6 +818,15 @@ def init(
     entity = entity or settings.entity or _user()
     project = project or settings.project or "uncategorized"
     RunRef(entity=entity, project=project, run_id=run_id)  # a bad path fails before anything starts
+    prior = None
+    if resume_mode is not None and id and mode != "disabled":
+        prior = _existing_run(resume_mode, mode, settings, entity, project, run_id)
+    starting_step = 0
+    if prior is not None:  # resume it: W&B keeps the name, config and summary, and counts on
+        last = prior.get("last_step")
+        starting_step = 0 if last is None else int(last) + 1
+        name = name or prior.get("name")
+        config_values = {**(prior.get("config") or {}), **config_values}
     rdir = spool_path = None
     if mode != "disabled":
         from ._spool import SPOOL_SUFFIX, run_dir
@@ -699,7 +839,7 @@ def init(
             entity=entity,
             project=project,
             run_id=run_id,
-            name=name or generate_name(),
+            name=name or generate_name(seed=id),
             group=group,
             job_type=job_type,
             tags=_check_tags(tags),
@@ -709,8 +849,13 @@ def init(
             rank=rank,
             transport=transport,
             run_dir=rdir,
+            resumed=prior is not None,
+            starting_step=starting_step,
+            api_url=None if mode == "disabled" else settings.api_url,
         )
-        run._emit_init()
+        if prior is not None:
+            dict.update(run._summary, prior.get("summary") or {})  # what the server has, no event
+        run._emit_init(resumed=prior is not None, starting_step=starting_step)
         if mode != "disabled" and hasattr(transport, "set_ticker"):
             transport.set_ticker(run._heartbeat, settings.heartbeat_interval)
     except BaseException:
@@ -719,6 +864,68 @@ def init(
     _set_run(run)
     _install_hooks()
     return run
+
+
+_RESUME_MODES = ("allow", "must", "never")
+RESUME_CHECK_TIMEOUT = 10.0  # seconds init() waits for the API to say whether a run exists
+
+
+def _check_resume(resume: Any) -> str | None:
+    """W&B's ``resume`` values as one of allow/must/never, or None (do not ask)."""
+    if resume is None or resume is False:
+        return None
+    if resume is True:
+        return "allow"
+    if isinstance(resume, str) and resume in _RESUME_MODES:
+        return resume
+    raise UsageError(f"resume must be 'allow', 'must', 'never', True, False or None, not {resume!r}")
+
+
+def _lookup_run(settings: Any, entity: str, project: str, run_id: str) -> dict[str, Any] | None:
+    """The run as the API has it, None if it does not exist; CommError if the API cannot tell."""
+    from .errors import RunNotFound
+    from .public import Api
+
+    api = Api(settings.api_url, default_entity=entity, timeout=RESUME_CHECK_TIMEOUT)
+    try:
+        run = api.run(f"{entity}/{project}/{run_id}")
+    except RunNotFound:
+        return None
+    last = run.lastHistoryStep
+    return {"name": run.name, "state": run.state, "config": run.config, "summary": run.summary,
+            "deleted": run.deleted, "last_step": None if last is None or last < 0 else last}
+
+
+def _existing_run(resume: str, mode: str, settings: Any, entity: str, project: str,
+                  run_id: str) -> dict[str, Any] | None:
+    """Apply ``resume`` to run ``entity/project/run_id``: its API record to resume, or None to
+    start it new; raises UsageError/CommError as W&B would."""
+    from .errors import CommError
+
+    path = f"{entity}/{project}/{run_id}"
+    if mode != "online":
+        if resume == "must":
+            raise UsageError(f"resume='must' cannot check that run {path} exists in {mode} mode; use mode='online'")
+        warnings.warn(f"runlog: {mode} mode cannot check whether run {path} exists; starting it as a new run "
+                      f"(resume={resume!r} not applied)", RunlogWarning, stacklevel=3)
+        return None
+    try:
+        found = _lookup_run(settings, entity, project, run_id)
+    except CommError as exc:
+        if resume == "must":
+            raise CommError(f"resume='must': cannot check that run {path} exists, the runlog API at "
+                            f"{settings.api_url} did not answer: {exc}", status=exc.status, url=exc.url) from None
+        warnings.warn(f"runlog: cannot reach the runlog API at {settings.api_url} to check whether run {path} "
+                      f"exists ({exc}); starting it as a new run (resume={resume!r} not applied)",
+                      RunlogWarning, stacklevel=3)
+        return None
+    if found is not None and found.get("deleted"):
+        raise UsageError(f"run {path} was deleted; undelete it or choose another id")
+    if resume == "must" and found is None:
+        raise UsageError(f"resume='must' but run {path} does not exist")
+    if resume == "never" and found is not None:
+        raise UsageError(f"resume='never' but run {path} already exists; choose another id or resume='allow'")
+    return found
 
 
 # -- lifecycle: exit, uncaught exceptions, signals -------------------------------------------------

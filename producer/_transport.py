@@ -14,6 +14,13 @@ Durability: every event is written to a :class:`Spool` (``producer._spool.SpoolF
 runs; :class:`NoSpool`, memory only, when none is given) before it is handed to Kafka, and
 acknowledged there once Kafka acknowledged it; what is unacknowledged when the process ends
 (or dies) is sent later by ``runlog sync`` (``producer._sync``).
+
+Deferred events: ``log()`` must cost a few microseconds, and building and encoding a pydantic
+event costs ~20. So ``run.log`` rows reach the transport as a :data:`RawEvent` tuple
+(type, run, source, seq, unix time, payload) with values ``Run.log`` already checked; the
+background thread builds the event (full validation still runs, as the last line of defence)
+and encodes it. A raw event that cannot be built is never spooled: it is counted as failed and
+logged as an error naming its seq (a gap the consumer will report, never a silent loss).
 """
 
 from __future__ import annotations
@@ -24,12 +31,68 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import orjson
+
+from events.codec import encode
+from events.errors import OversizedEvent
+from events.model import EVENT_TYPES
+from events.values import MAX_EVENT_BYTES, tag_nonfinite
 
 if TYPE_CHECKING:  # pragma: no cover
     from events.settings import Settings
 
 log = logging.getLogger("producer.transport")
+
+#: A deferred event: (event type, RunRef, Source, seq, unix time, payload dict); see the module doc.
+RawEvent = tuple[str, Any, Any, int, float, dict[str, Any]]
+
+
+def build_event(raw: RawEvent) -> Any:
+    """The typed event a :data:`RawEvent` stands for (raises pydantic's ValidationError)."""
+    event_type, ref, source, seq, at, payload = raw
+    return EVENT_TYPES[event_type](run=ref, source=source, seq=seq, time=datetime.fromtimestamp(at, UTC),
+                                   payload=payload)
+
+
+def _nonfinite(values: dict[str, Any]) -> bool:
+    """Whether a flat log mapping holds a NaN or infinity (``x - x`` is 0.0 only for finite x)."""
+    for v in values.values():
+        t = type(v)
+        if t is float:
+            if v - v != 0.0:
+                return True
+        elif t is list:
+            for x in v:
+                if type(x) is float and x - x != 0.0:
+                    return True
+    return False
+
+
+def encode_fast(event: Any) -> bytes:
+    """``events.codec.encode`` for validated ``run.log`` events, ~4x cheaper: the same bytes,
+    from a dict built by hand instead of ``model_dump`` + a generic walk for non-finite floats."""
+    if event.type != "run.log":
+        return encode(event)
+    r, s, p = event.run, event.source, event.payload
+    values = p.values
+    if _nonfinite(values):
+        values = tag_nonfinite(values)
+    data = orjson.dumps(
+        {
+            "id": event.id, "type": event.type,
+            "run": {"entity": r.entity, "project": r.project, "run_id": r.run_id},
+            "source": {"kind": s.kind, "writer": s.writer, "rank": s.rank},
+            "seq": event.seq, "time": event.time, "v": event.v,
+            "payload": {"step": p.step, "values": values},
+        },
+        option=orjson.OPT_UTC_Z,
+    )
+    if len(data) > MAX_EVENT_BYTES:
+        raise OversizedEvent(len(data), MAX_EVENT_BYTES)
+    return data
 
 
 @runtime_checkable
@@ -132,6 +195,8 @@ class DisabledTransport:
         self.counters.written += 1
         self.counters.acked += 1
 
+    send_raw = send
+
     def flush(self, timeout: float | None = None) -> int:
         return 0
 
@@ -183,6 +248,7 @@ class KafkaTransport:
     in the spool for ``runlog sync``.
     """
 
+    BATCH_BYTES = 512 * 1024  # aiokafka's max_batch_size (see the producer options)
     RETRY_MIN = 0.2  # seconds between connection attempts, doubling up to RETRY_MAX
     RETRY_MAX = 5.0
     IDLE_POLL = 0.05  # how long the loops sleep when idle (a send also wakes them)
@@ -215,6 +281,10 @@ class KafkaTransport:
             enable_idempotence=True,
             linger_ms=getattr(settings, "sdk_linger_ms", 20),
             compression_type="gzip",
+            # Big batches: a 10-float row is ~500 bytes, and aiokafka's 16 KiB default would
+            # mean a socket write per ~30 events, each waiting for the GIL while the training
+            # loop runs; 512 KiB (compressed well below the broker's 1 MiB limit) cuts that 30x.
+            max_batch_size=self.BATCH_BYTES,
         )
         self._options.update(producer_options or {})
         self._queue: collections.deque[Any] = collections.deque()  # caller -> spooler
@@ -249,6 +319,9 @@ class KafkaTransport:
         if self._idle:  # only pay for a cross-thread wake-up when the loop is asleep
             self._idle = False
             self._wakeup()
+
+    #: Take a :data:`RawEvent` (built and encoded on the background thread); same contract as send.
+    send_raw = send
 
     def set_ticker(self, ticker: Any, interval: float) -> None:
         """Call ``ticker()`` from the background thread every ``interval`` seconds (heartbeats)."""
@@ -318,10 +391,14 @@ class KafkaTransport:
     # -- spooling (loop thread, or send() under the spool lock) --------------------------
 
     def _spool_one(self, event: Any, to_window: bool) -> None:
-        from events.codec import encode
-
+        if type(event) is tuple:  # a RawEvent from log(): build it here, off the caller's thread
+            try:
+                event = build_event(event)
+            except Exception as exc:  # values were checked in log(): this is a bug, say so loudly
+                self._fail(event, exc)
+                return
         try:
-            data = encode(event)
+            data = encode_fast(event)
         except Exception as exc:  # oversized, or a bug: it can never be sent
             self._fail(event, exc)
             return
@@ -519,7 +596,13 @@ class KafkaTransport:
 
     def _fail(self, event: Any, exc: BaseException) -> None:
         self.last_error = exc
-        log.error("runlog: dropping event %s (%s): %r", getattr(event, "id", "?"), getattr(event, "type", "?"), exc)
+        if type(event) is tuple:  # a RawEvent that could not be built: it never got an id
+            event_type, ref, _, seq, _, _ = event
+            log.error("runlog: could not build %s event seq %d of run %s; it is NOT spooled or sent "
+                      "(the consumer will see a gap at this seq): %r", event_type, seq, ref.path, exc)
+        else:
+            log.error("runlog: dropping event %s (%s seq %s): %r", getattr(event, "id", "?"),
+                      getattr(event, "type", "?"), getattr(event, "seq", "?"), exc)
         with self._cond:
             self.counters.failed += 1
             self._cond.notify_all()

@@ -1,0 +1,180 @@
+"""log()'s hot path: a cheap type check on the caller's thread, the event built on the transport's.
+
+The values a row carries must be exactly what the slow path (``normalize_values``) would give,
+bad values must still raise ValueError synchronously without costing a seq, and a deferred
+event that cannot be built is counted as failed, logged, and never spooled.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import pytest
+
+import producer
+from events import RunRef, Source
+from events.codec import decode, encode
+from events.settings import Settings
+from producer import _run
+from producer._spool import SpoolFile, iter_records
+from producer._transport import KafkaTransport, MemoryTransport, build_event, encode_fast
+
+
+class RawRecording(MemoryTransport):
+    """Takes deferred (raw) events like KafkaTransport does, and builds them as its thread would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raw: list[tuple] = []
+
+    def send_raw(self, raw: tuple) -> None:
+        self.raw.append(raw)
+        self.send(build_event(raw))
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch):
+    transports: list[RawRecording] = []
+
+    def make(mode, settings, spool_path=None):
+        transports.append(RawRecording())
+        return transports[-1]
+
+    monkeypatch.setattr(_run, "_make_transport", make)
+    monkeypatch.delenv("RANK", raising=False)
+    yield transports
+    if producer.run is not None:
+        producer.run.finish()
+
+
+def _rows(transport):
+    return [(e.seq, e.payload.step, dict(e.payload.values)) for e in transport.events if e.type == "run.log"]
+
+
+class FakeNumpyScalar:
+    """Looks like a numpy scalar to ``check_scalar`` (an ``item()`` giving a Python number)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def item(self):
+        return self.value
+
+
+def test_log_rows_go_to_the_transport_as_raw_events_in_seq_order(sent):
+    run = producer.init(entity="e", project="p", rank=1)
+    for i in range(5):
+        run.log({"loss": 1.0 / (i + 1), "epoch": i, "ok": True, "note": "x", "none": None})
+    (t,) = sent
+    assert [r[0] for r in t.raw] == ["run.log"] * 5
+    assert [r[3] for r in t.raw] == [1, 2, 3, 4, 5]  # seq 0 is run.init
+    assert all(abs(r[4] - time.time()) < 60 for r in t.raw)
+    assert t.raw[0][1] is run._ref and t.raw[0][2].rank == 1
+    assert _rows(t)[-1] == (5, 4, {"loss": 0.2, "epoch": 4, "ok": True, "note": "x", "none": None})
+    run.finish()
+    assert [e.seq for e in t.events] == list(range(7))
+
+
+def test_fast_and_slow_paths_give_the_same_values(sent):
+    run = producer.init(project="p")
+    run.log({"a": 1.0, "b": {"c": 2}})  # slow: new keys, nested
+    assert run._known_keys == {"a"}  # "b" stands for "b.c": never a fast-path key
+    run.log({"a": FakeNumpyScalar(3.5), "b": {"c": 4}})  # known key, non-plain value: slow, converted
+    run.log({"a": math.nan})  # fast
+    run.log({"a": math.inf, "lst": (1, 2.0)})  # new key, tuple: slow
+    rows = _rows(sent[0])
+    assert [r[2] for r in rows[:2]] == [{"a": 1.0, "b.c": 2}, {"a": 3.5, "b.c": 4}]
+    assert math.isnan(rows[2][2]["a"])
+    assert rows[3][2] == {"a": math.inf, "lst": [1, 2.0]}
+    assert type(rows[1][2]["a"]) is float
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        (object(), "'a' has type object"),
+        (open, "'a' has type builtin_function_or_method"),
+        (2**63, "'a' is an integer outside the signed 64-bit range"),
+        ("x" * 70_000, "'a' is a string of 70,000 characters"),
+        ([[1]], "'a' is a list holding lists"),
+    ],
+)
+def test_bad_values_raise_synchronously_even_for_known_keys_and_cost_no_seq(sent, bad, match):
+    run = producer.init(project="p")
+    run.log({"a": 1.0, "b": 2.0})  # "a" is now a known key
+    with pytest.raises(ValueError, match=match):
+        run.log({"b": 3.0, "a": bad})
+    with pytest.raises(ValueError, match="has type int; keys must be strings"):
+        run.log({1: 1.0})
+    run.log({"a": 2.0})
+    assert [(seq, step) for seq, step, _ in _rows(sent[0])] == [(1, 0), (2, 1)]
+    assert run.step == 2
+
+
+def test_mutating_the_logged_dict_afterwards_changes_nothing(sent):
+    run = producer.init(project="p")
+    data = {"a": 1.0}
+    run.log(data)
+    run.log(data, commit=False)
+    data["a"] = 99.0
+    run.log({}, commit=True)
+    assert [r[2] for r in _rows(sent[0])] == [{"a": 1.0}, {"a": 1.0}]
+
+
+def test_encode_fast_gives_the_codecs_bytes():
+    ref, src = RunRef(entity="e", project="p", run_id="r"), Source(kind="sdk", writer="w", rank=3)
+    for values in ({f"k{i}": float(i) for i in range(10)},
+                   {"nan": math.nan, "l": [1.0, -math.inf, None, "s", True], "i": -3, "n": None, "s": "é"}):
+        event = build_event(("run.log", ref, src, 7, time.time(), {"step": 7, "values": values}))
+        assert encode_fast(event) == encode(event)
+        back = decode(encode_fast(event))
+        assert back.seq == 7 and back.source.rank == 3 and back.payload.step == 7
+    init = build_event(("run.init", ref, src, 0, time.time(), {}))
+    assert encode_fast(init) == encode(init)
+
+
+def _dead_settings() -> Settings:
+    return Settings(bootstrap_servers="127.0.0.1:1", events_topic="t")
+
+
+def test_a_raw_event_that_cannot_be_built_is_failed_loudly_and_not_spooled(tmp_path, caplog):
+    ref, src = RunRef(entity="e", project="p", run_id="r"), Source(kind="sdk", writer="w")
+    spool = SpoolFile(tmp_path / "w.spool")
+    transport = KafkaTransport(_dead_settings(), spool=spool, online=False)
+    with caplog.at_level(logging.ERROR, logger="producer.transport"):
+        transport.send_raw(("run.log", ref, src, 0, time.time(), {"step": 0, "values": {"x": 1.0}}))
+        transport.send_raw(("run.log", ref, src, 1, time.time(), {"step": 1, "values": {"x": object()}}))
+        transport.send_raw(("run.log", ref, src, 2, time.time(), {"step": 2, "values": {"x": 3.0}}))
+        assert transport.close(5) == 2  # offline: the two good ones wait in the spool
+    assert transport.counters.failed == 1 and transport.counters.spooled == 2
+    assert "could not build run.log event seq 1 of run e/p/r" in caplog.text
+    assert "NOT spooled" in caplog.text
+    assert [decode(d).seq for _, d in iter_records(tmp_path / "w.spool")] == [0, 2]
+
+
+def test_offline_run_spools_every_row_in_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("RUNLOG_HOME", str(tmp_path))
+    monkeypatch.delenv("RANK", raising=False)
+    run = producer.init(project="p", mode="offline")
+    n = 3000  # more than fit between two drains: the caller outruns the thread
+    for i in range(n):
+        run.log({"loss": float(i), "epoch": i // 100})
+    run.finish(quiet=True)
+    events = [decode(d) for _, d in iter_records(run.spool_path)]
+    assert [e.seq for e in events] == list(range(n + 2))
+    assert [e.type for e in events[:2]] == ["run.init", "run.log"] and events[-1].type == "run.finish"
+    assert [e.payload.values["loss"] for e in events[1:-1]] == [float(i) for i in range(n)]
+    assert run.status().written == n + 2 == run.status().spooled
+
+
+def test_small_queue_spills_raw_events_on_the_callers_thread(tmp_path):
+    ref, src = RunRef(entity="e", project="p", run_id="r"), Source(kind="sdk", writer="w")
+    spool = SpoolFile(tmp_path / "w.spool")
+    transport = KafkaTransport(_dead_settings(), spool=spool, online=False, queue_max=4)
+    for seq in range(500):
+        transport.send_raw(("run.log", ref, src, seq, time.time(), {"step": seq, "values": {"x": float(seq)}}))
+        assert len(transport._queue) <= 4
+    transport.close(5)
+    assert [decode(d).seq for _, d in iter_records(tmp_path / "w.spool")] == list(range(500))
