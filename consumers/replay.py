@@ -1,6 +1,6 @@
 """Replay: rebuild every read model from the event store into fresh tables, then swap them in.
 
-1. A scratch schema ``runlog_replay`` gets the whole schema from the migrations (so it can never
+1. A scratch schema (``runlog_replay`` for ``public``) gets the whole schema from the migrations (so it can never
    drift from the live one), and every event of the event store is folded into it, in the
    event store's ``pos`` order (the order the live consumer applied them), through the same
    code the live consumer uses (``consumers.postgres.project_records``).
@@ -32,8 +32,10 @@ from projections.migrate import migrate
 
 from .postgres import BatchResult, Record, apply_batch, project_records
 
-SCRATCH = "runlog_replay"
-GRAVEYARD = "runlog_replaced"
+def _schemas(live_schema: str) -> tuple[str, str]:
+    """(scratch, graveyard) schema names, per live schema so replays of different schemas never meet."""
+    base = "runlog" if live_schema == "public" else live_schema
+    return f"{base}_replay", f"{base}_replaced"
 READ_MODEL_TABLES = ("runs", "history", "state_transitions", "writers", "metric_definitions", "alerts")
 READ_MODEL_VIEWS = ("projects",)
 KEPT_TABLES = ("event_store", "consumer_offsets", "schema_migrations", "webhooks", "alert_deliveries", "api_keys")
@@ -60,24 +62,25 @@ async def replay(conn: asyncpg.Connection, progress: Progress | None = None, liv
     the consumer group's positions are set to where the replay stopped (inside the swap)."""
     started = time.perf_counter()
     result = ReplayResult()
-    await conn.execute(f"DROP SCHEMA IF EXISTS {SCRATCH} CASCADE")
-    await conn.execute(f"CREATE SCHEMA {SCRATCH}")
-    await conn.execute(f"SET search_path TO {SCRATCH}")
+    scratch, graveyard = _schemas(live_schema)
+    await conn.execute(f"DROP SCHEMA IF EXISTS {scratch} CASCADE")
+    await conn.execute(f"CREATE SCHEMA {scratch}")
+    await conn.execute(f"SET search_path TO {scratch}")
     if from_kafka is not None:
         try:
             await migrate(conn)
             await _replay_kafka(conn, live_schema, from_kafka, result, progress)
         finally:
             await conn.execute("RESET search_path")
-        await conn.execute(f"DROP SCHEMA IF EXISTS {SCRATCH} CASCADE")
+        await conn.execute(f"DROP SCHEMA IF EXISTS {scratch} CASCADE")
         result.seconds = time.perf_counter() - started
         return result
     try:
         await migrate(conn)
         for table in KEPT_TABLES:  # the scratch copies of these are not used
-            await conn.execute(f"DROP TABLE IF EXISTS {SCRATCH}.{table} CASCADE")
+            await conn.execute(f"DROP TABLE IF EXISTS {scratch}.{table} CASCADE")
         # Unqualified names now resolve to the scratch read models, then to the live event store.
-        await conn.execute(f"SET search_path TO {SCRATCH}, {live_schema}")
+        await conn.execute(f"SET search_path TO {scratch}, {live_schema}")
         total = await conn.fetchval(f"SELECT count(*) FROM {live_schema}.event_store")
         position = 0
         while True:  # catch up outside the swap transaction while the live consumer runs on
@@ -91,10 +94,10 @@ async def replay(conn: asyncpg.Connection, progress: Progress | None = None, liv
             await conn.execute(f"SELECT 1 FROM {live_schema}.consumer_offsets FOR UPDATE")
             await _fold_from(conn, live_schema, position, result, progress, total)
             await _swap(conn, live_schema)
-        await conn.execute(f"DROP SCHEMA IF EXISTS {GRAVEYARD} CASCADE")
+        await conn.execute(f"DROP SCHEMA IF EXISTS {graveyard} CASCADE")
     finally:
         await conn.execute("RESET search_path")
-    await conn.execute(f"DROP SCHEMA IF EXISTS {SCRATCH} CASCADE")
+    await conn.execute(f"DROP SCHEMA IF EXISTS {scratch} CASCADE")
     result.seconds = time.perf_counter() - started
     return result
 
@@ -139,6 +142,7 @@ class KafkaSource:
 async def _replay_kafka(conn: asyncpg.Connection, live_schema: str, source: KafkaSource, result: ReplayResult,
                         progress: Progress | None) -> None:
     """Everything in the topic, through the live consumer's own batch path, into the scratch schema."""
+    scratch, graveyard = _schemas(live_schema)
     consumer = AIOKafkaConsumer(bootstrap_servers=source.bootstrap_servers, enable_auto_commit=False,
                                 auto_offset_reset="earliest")
     await consumer.start()
@@ -178,14 +182,14 @@ async def _replay_kafka(conn: asyncpg.Connection, live_schema: str, source: Kafk
             await read_to(await consumer.end_offsets(parts))  # the rest, with the live consumer paused
             await conn.execute(
                 f"""INSERT INTO {live_schema}.consumer_offsets (group_id, topic, partition, next_offset)
-                    SELECT group_id, topic, partition, next_offset FROM {SCRATCH}.consumer_offsets
+                    SELECT group_id, topic, partition, next_offset FROM {scratch}.consumer_offsets
                     WHERE group_id = $1 AND topic = $2
                     ON CONFLICT (group_id, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset,
                         updated_at = now()""",
                 source.group, source.topic,
             )
             await _swap(conn, live_schema, tables=(*READ_MODEL_TABLES, "event_store"))
-        await conn.execute(f"DROP SCHEMA IF EXISTS {GRAVEYARD} CASCADE")
+        await conn.execute(f"DROP SCHEMA IF EXISTS {graveyard} CASCADE")
     finally:
         await consumer.stop()
 
@@ -201,13 +205,14 @@ async def _partitions(source: KafkaSource) -> list[int]:
 
 
 async def _swap(conn: asyncpg.Connection, live_schema: str, tables: tuple[str, ...] = READ_MODEL_TABLES) -> None:
-    await conn.execute(f"DROP SCHEMA IF EXISTS {GRAVEYARD} CASCADE")
-    await conn.execute(f"CREATE SCHEMA {GRAVEYARD}")
+    scratch, graveyard = _schemas(live_schema)
+    await conn.execute(f"DROP SCHEMA IF EXISTS {graveyard} CASCADE")
+    await conn.execute(f"CREATE SCHEMA {graveyard}")
     for view in READ_MODEL_VIEWS:
-        await conn.execute(f"ALTER VIEW {live_schema}.{view} SET SCHEMA {GRAVEYARD}")
+        await conn.execute(f"ALTER VIEW {live_schema}.{view} SET SCHEMA {graveyard}")
     for table in tables:
-        await conn.execute(f"ALTER TABLE {live_schema}.{table} SET SCHEMA {GRAVEYARD}")
+        await conn.execute(f"ALTER TABLE {live_schema}.{table} SET SCHEMA {graveyard}")
     for table in tables:
-        await conn.execute(f"ALTER TABLE {SCRATCH}.{table} SET SCHEMA {live_schema}")
+        await conn.execute(f"ALTER TABLE {scratch}.{table} SET SCHEMA {live_schema}")
     for view in READ_MODEL_VIEWS:
-        await conn.execute(f"ALTER VIEW {SCRATCH}.{view} SET SCHEMA {live_schema}")
+        await conn.execute(f"ALTER VIEW {scratch}.{view} SET SCHEMA {live_schema}")
