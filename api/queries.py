@@ -202,7 +202,7 @@ async def history_keys(conn: asyncpg.Connection, pk: int) -> list[str]:
 
 
 SAMPLED_SQL = """
-WITH bounds AS (
+WITH bounds AS MATERIALIZED (  -- computed once: inlined, a planner without statistics re-ran it per row
     SELECT key, min(step) AS lo, max(step) AS hi, count(*) AS n
     FROM history WHERE run_pk = $1 AND key = ANY($2::text[]) AND value IS NOT NULL
     GROUP BY key
