@@ -52,7 +52,8 @@ def hash_key(key: str) -> bytes:
 
 
 def new_key_text(entity: str) -> str:
-    return f"rl_{entity}_{secrets.token_urlsafe(30)}"
+    # Hex: no "_" in the secret, so the entity can be read back from the key (the SDK's default entity).
+    return f"rl_{entity}_{secrets.token_hex(24)}"
 
 
 async def create_key(conn: asyncpg.Connection, entity: str, scopes: tuple[str, ...] = SCOPES,

@@ -122,6 +122,19 @@ def generate_name(seed: str | None = None) -> str:
     return f"{rng.choice(_ADJECTIVES)}-{rng.choice(_NOUNS)}-{rng.randrange(999) + 1}"
 
 
+def default_entity(settings: Any) -> str:
+    """W&B's order: RUNLOG_ENTITY, else the entity of the API key (``rl_<entity>_<secret>``), else
+    the OS user name. The public client completes ``project/run_id`` paths the same way."""
+    if settings.entity:
+        return str(settings.entity)
+    from .public import find_api_key
+
+    key = find_api_key(settings)
+    if key and key.startswith("rl_") and "_" in key[3:]:
+        return key[3:].rsplit("_", 1)[0]
+    return _user()
+
+
 def _user() -> str:
     try:
         return getpass.getuser()
@@ -815,7 +828,7 @@ def init(
     if producer.run is not None and not producer.run.finished:
         producer.run.finish()
 
-    entity = entity or settings.entity or _user()
+    entity = entity or default_entity(settings)
     project = project or settings.project or "uncategorized"
     RunRef(entity=entity, project=project, run_id=run_id)  # a bad path fails before anything starts
     prior = None

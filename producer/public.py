@@ -89,10 +89,10 @@ class Api:
         self.base_url = (base_url or settings.api_url).rstrip("/")
         self.api_key = api_key if api_key is not None else find_api_key(settings)
         self.settings = settings
-        # Same default as the SDK's init(): RUNLOG_ENTITY, else the OS user name.
-        from ._run import _user
+        # Same default as the SDK's init(): RUNLOG_ENTITY, else the API key's entity, else the OS user.
+        from ._run import default_entity as sdk_default_entity
 
-        self.default_entity = default_entity or settings.entity or _user()
+        self.default_entity = default_entity or sdk_default_entity(settings)
         self.timeout = timeout
 
     def run(self, path: str) -> Run:

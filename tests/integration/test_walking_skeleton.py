@@ -47,3 +47,25 @@ def test_run_logged_by_the_sdk_reads_back_through_the_public_client(local_stack:
 def test_unknown_run_is_a_clear_error(local_stack: Settings, project: str) -> None:
     with pytest.raises(ValueError, match="not found|Could not find"):
         producer.Api().run(f"tester/{project}/missing")
+
+
+def test_the_wandb_seed_examples_work_with_producer_in_place_of_wandb(local_stack: Settings, project: str) -> None:
+    """W&B's documented tag examples, word for word but for the module name."""
+    run = producer.init(project=project, tags=["baseline", "paper1"])
+    run.log({"accuracy": 0.9})
+    run.tags = run.tags + ("release_candidate",)
+    run.finish()
+
+    with producer.init(project=project, tags=["ablation"]) as second:
+        producer.log({"accuracy": 0.8})
+        second_path = second.path
+
+    api = producer.Api()
+    first = eventually(lambda: (r := api.run(run.path)) and r.state == "finished" and r)
+    assert sorted(first.tags) == ["baseline", "paper1", "release_candidate"]
+    assert eventually(lambda: (r := api.run(second_path)) and r.state == "finished" and r).tags == ["ablation"]
+
+    public = api.run(run.path)  # the public-API example: edit tags after the fact
+    public.tags.append("tag1")
+    public.update()
+    assert "tag1" in api.run(run.path).tags

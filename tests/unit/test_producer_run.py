@@ -60,8 +60,10 @@ def test_init_sets_module_run_and_sends_init(sent):
     assert producer.run is None
 
 
-def test_defaults(sent, monkeypatch):
+def test_defaults(sent, monkeypatch, tmp_path):
     monkeypatch.setattr(_run, "_user", lambda: "alice")
+    monkeypatch.setenv("RUNLOG_HOME", str(tmp_path))  # no development API key there
+    monkeypatch.delenv("RUNLOG_API_KEY", raising=False)
     run = producer.init()
     assert run.entity == "alice" and run.project == "uncategorized"
     assert len(run.id) == 8 and set(run.id) <= set("0123456789abcdefghijklmnopqrstuvwxyz")
@@ -339,3 +341,17 @@ def test_disabled_mode_keeps_the_api_and_sends_nothing(sent):
         with pytest.raises(ValueError):
             run.log({"a": object()})  # still validated, as online
     assert sent == [] and producer.run is None
+
+
+def test_entity_defaults_to_runlog_entity_then_the_api_keys_entity_then_the_os_user(monkeypatch, tmp_path):
+    from events.settings import Settings
+    from producer._run import _user, default_entity
+
+    monkeypatch.setenv("RUNLOG_HOME", str(tmp_path))
+    monkeypatch.delenv("RUNLOG_API_KEY", raising=False)
+    assert default_entity(Settings(entity="team")) == "team"
+    assert default_entity(Settings(entity=None, api_key="rl_my_lab_0123abcd")) == "my_lab"
+    (tmp_path / "api-key").write_text("rl_devteam_99ff\n")
+    assert default_entity(Settings(entity=None, api_key=None)) == "devteam"
+    (tmp_path / "api-key").unlink()
+    assert default_entity(Settings(entity=None, api_key=None)) == _user()
