@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import singledispatch
-from typing import Any
+from typing import Any, NamedTuple
 
 from events import (
     Event,
@@ -71,8 +71,9 @@ class RunState:
     pending_exit: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class HistoryRow:
+class HistoryRow(NamedTuple):
+    """One point of history (a NamedTuple, not a dataclass: there is one per logged value)."""
+
     key: str
     step: int
     value: float | None  # numbers, NaN and infinities included
