@@ -424,6 +424,8 @@ class Run:
         self.deleted: bool = bool(data.get("deleted", False))
         last = data.get("last_step")
         self.lastHistoryStep: int = -1 if last is None else last  # noqa: N815 - W&B's name
+        # W&B's run.metadata: what the SDK recorded about the process at init (host, os, python, ...).
+        self.metadata: dict[str, Any] = dict(data.get("host") or {})
 
     @property
     def url(self) -> str:

@@ -31,6 +31,7 @@ def test_run_logged_by_the_sdk_reads_back_through_the_public_client(local_stack:
     assert read.summary["loss"] == pytest.approx(1 / 50)
     assert read.summary["phase"] == "train"
     assert read.summary["_step"] == 49
+    assert read.metadata["pid"] > 0 and read.metadata["python"]  # W&B's run.metadata: the host at init
 
     rows = list(read.scan_history(page_size=7))
     assert [r["_step"] for r in rows] == list(range(50))
