@@ -74,6 +74,9 @@ class Projector:
             group_id=settings.consumer_group,
             batch=True,
             max_records=2000,
+            # Bounds what aiokafka prefetches while a batch is applied (50 MiB by default): the
+            # consumer's memory then stays flat under a backlog instead of growing with it.
+            fetch_max_bytes=8 * 1024 * 1024,
             batch_timeout_ms=100,
             auto_offset_reset="earliest",
             ack_policy=AckPolicy.ACK,
