@@ -52,6 +52,8 @@ WITH steps AS (
 SELECT h.step, h.key, h.value, h.value_json
 FROM history h JOIN steps USING (step)
 WHERE h.run_pk = $1 AND ($2::text[] IS NULL OR h.key = ANY($2))
+  -- The page's step range, so the primary key serves the read instead of a scan of the whole run.
+  AND h.step >= $3 AND h.step <= (SELECT max(step) FROM steps)
 ORDER BY h.step, h.key
 """
 
