@@ -163,7 +163,19 @@ class Api:
 
     def _send_json(self, method: str, path: str, body: Any = None, *, not_found: str | None = None) -> Any:
         """A command: ``method`` with a JSON body; returns the answer once the server applied it."""
+        return self._request(method, path, body=body, not_found=not_found)
+
+    def _get_json(self, path: str, params: dict[str, Any] | None = None, *, not_found: str | None = None,
+                  not_found_error: type[CommError] = RunNotFound) -> Any:
+        return self._request("GET", path, params=params, not_found=not_found, not_found_error=not_found_error)
+
+    def _request(self, method: str, path: str, *, params: dict[str, Any] | None = None, body: Any = None,
+                 not_found: str | None = None, not_found_error: type[CommError] = RunNotFound) -> Any:
+        """One HTTP exchange with the API: JSON in and out, every failure a CommError (or subclass)."""
         url = self.base_url + path
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
         headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
         data = None
         if body is not None:
@@ -177,17 +189,18 @@ class Api:
                 raw = response.read()
         except urllib.error.HTTPError as e:
             payload = _error_body(e)
-            message = payload.get("message") if isinstance(payload.get("message"), str) else None
+            message = next((payload[f] for f in ("message", "detail") if isinstance(payload.get(f), str)), None)
             if e.code == 404 and not_found is not None:
-                raise RunNotFound(f"{not_found}: {message}" if message else not_found, status=404, url=url) from None
-            if e.code == 409:
-                raise CommandConflict(message or "conflict", status=409, url=url) from None
-            if e.code == 504 and payload.get("token"):
-                raise CommandPending(message or "not applied yet", status=504, url=url,
-                                     token=payload.get("token")) from None
-            if e.code in (401, 403) and not self.api_key:
-                message = (f"{message or e.reason}; no API key was found (set RUNLOG_API_KEY, pass api_key=, "
-                           "or let the local API write $RUNLOG_HOME/api-key)")
+                raise not_found_error(f"{not_found}: {message}" if message else not_found, status=404, url=url) from None
+            if method != "GET":
+                if e.code == 409:
+                    raise CommandConflict(message or "conflict", status=409, url=url) from None
+                if e.code == 504 and payload.get("token"):
+                    raise CommandPending(message or "not applied yet", status=504, url=url,
+                                         token=payload.get("token")) from None
+                if e.code in (401, 403) and not self.api_key:
+                    message = (f"{message or e.reason}; no API key was found (set RUNLOG_API_KEY, pass api_key=, "
+                               "or let the local API write $RUNLOG_HOME/api-key)")
             raise CommError(message or e.reason or "request failed", status=e.code, url=url) from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
@@ -218,33 +231,6 @@ class Api:
         if len(parts) != 3:
             raise ValueError(f"run path must look like 'entity/project/run_id', got {path!r}")
         return parts[0], parts[1], parts[2]
-
-    def _get_json(self, path: str, params: dict[str, Any] | None = None, *, not_found: str | None = None,
-                  not_found_error: type[CommError] = RunNotFound) -> Any:
-        url = self.base_url + path
-        if params:
-            query = {k: v for k, v in params.items() if v is not None}
-            if query:
-                url += "?" + urllib.parse.urlencode(query)
-        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(url, headers=headers, method="GET")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                body = response.read()
-        except urllib.error.HTTPError as e:
-            message = _error_message(e)
-            if e.code == 404 and not_found is not None:
-                raise not_found_error(f"{not_found}: {message}" if message else not_found, status=404, url=url) from None
-            raise CommError(message or e.reason or "request failed", status=e.code, url=url) from None
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise CommError(f"cannot reach runlog API at {self.base_url}: {reason}", url=url) from None
-        try:
-            return untag_nonfinite(json.loads(body))
-        except ValueError:
-            raise CommError(f"the server answered with something that is not JSON: {body[:80]!r}", url=url) from None
 
     def __repr__(self) -> str:
         return f"<Api {self.base_url}>"
@@ -369,19 +355,6 @@ class Summary(dict):  # type: ignore[type-arg]
     def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         super().update(*args, **kwargs)
         self._run._save(summary_only=True)
-
-
-def _error_message(error: urllib.error.HTTPError) -> str | None:
-    """The server's JSON ``message`` (or ``detail``) if the error body has one."""
-    try:
-        body = json.loads(error.read() or b"null")
-    except (ValueError, OSError):
-        return None
-    if isinstance(body, dict):
-        for field in ("message", "detail"):
-            if isinstance(body.get(field), str):
-                return body[field]
-    return None
 
 
 class Run:
