@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -33,3 +34,17 @@ async def eventually_async(check: Callable[[], Awaitable[Any]], timeout: float =
             return value
         await asyncio.sleep(0.1)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+async def create_topic(bootstrap_servers: str, partitions: int) -> str:
+    """A fresh events topic of its own, so a test's consumers and offsets meet no other test's."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    topic = f"runlog.events.t-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        await admin.close()
+    return topic

@@ -14,13 +14,12 @@ from pathlib import Path
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from consumers.app import Projector
 from events import FinishPayload, InitPayload, LogPayload, RunFinish, RunInit, RunLog, RunRef, Source, encode
 from events.settings import Settings
 
-from .helpers import eventually_async
+from .helpers import create_topic, eventually_async
 
 pytestmark = pytest.mark.integration
 
@@ -71,13 +70,8 @@ def run_events(project: str, run_id: str, steps: int) -> list:
 
 async def test_consumer_waits_out_a_database_outage_and_catches_up_exactly_once(
         local_stack: Settings, pool: asyncpg.Pool, project: str, tmp_path: Path) -> None:
-    topic, group = f"runlog.events.t-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=local_stack.bootstrap_servers)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 2, 1)])
-    finally:
-        await admin.close()
+    topic = await create_topic(local_stack.bootstrap_servers, 2)
+    group = f"g-{uuid.uuid4().hex[:8]}"
     relay = Relay(local_stack.pg_host, local_stack.pg_port)
     await relay.up()
     settings = Settings(events_topic=topic, consumer_group=group,

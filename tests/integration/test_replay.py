@@ -27,6 +27,8 @@ from events.settings import Settings
 from projections.db import init_connection
 from projections.migrate import migrate
 
+from .helpers import create_topic
+
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -215,17 +217,10 @@ async def test_replay_from_kafka_rebuilds_the_event_store_and_takes_over_the_off
     """A schema whose event store is gone: the topic alone rebuilds it and every read model,
     equal to what the live path built from the same records (a garbage record and a resend included)."""
     from aiokafka import AIOKafkaProducer
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
+    
     from consumers.replay import KafkaSource
 
-    topic = f"runlog.events.t-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=local_stack.bootstrap_servers)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 3, 1)])
-    finally:
-        await admin.close()
+    topic = await create_topic(local_stack.bootstrap_servers, 3)
     runs = [RunRef(entity="e", project="p", run_id=f"r{i}") for i in range(4)]
     events: list[Event] = []
     for i, run in enumerate(runs):

@@ -15,14 +15,13 @@ from pathlib import Path
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from events import (Event, FinishPayload, InitPayload, LogPayload, RunFinish, RunInit, RunLog, RunRef, RunTags,
                     Source, TagsPayload, encode, utcnow)
 from events.settings import Settings
 from projections.fold import HistoryRow, RunState, fold
 
-from .helpers import eventually_async
+from .helpers import create_topic, eventually_async
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -58,13 +57,8 @@ def start_consumer(env: dict[str, str], home: Path, n: int) -> subprocess.Popen[
 
 async def test_sigkill_of_one_consumer_loses_nothing_and_applies_nothing_twice(
         local_stack: Settings, pool: asyncpg.Pool, project: str, tmp_path: Path) -> None:
-    topic, group = f"runlog.events.t-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=local_stack.bootstrap_servers)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 6, 1)])
-    finally:
-        await admin.close()
+    topic = await create_topic(local_stack.bootstrap_servers, 6)
+    group = f"g-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "RUNLOG_EVENTS_TOPIC": topic, "RUNLOG_CONSUMER_GROUP": group}
     consumers = [start_consumer(env, tmp_path, n) for n in range(3)]
     runs = stream(project)

@@ -9,30 +9,10 @@ import pytest
 
 import producer
 from producer import _run
-from producer._transport import DisabledTransport, MemoryTransport
 from producer.errors import CommError, RunlogWarning, UsageError
 
 PRIOR = {"name": "old-name-1", "state": "finished", "config": {"lr": 0.1, "bs": 32},
          "summary": {"loss": 0.5, "_step": 9}, "deleted": False, "last_step": 9}
-
-
-@pytest.fixture
-def sent(monkeypatch: pytest.MonkeyPatch):
-    events: list = []
-
-    class Recording(MemoryTransport):
-        def send(self, event):
-            super().send(event)
-            events.append(event)
-
-    def make(mode, settings, spool_path=None):
-        return DisabledTransport() if mode == "disabled" else Recording()
-
-    monkeypatch.setattr(_run, "_make_transport", make)
-    monkeypatch.delenv("RANK", raising=False)
-    yield events
-    if producer.run is not None:
-        producer.run.finish()
 
 
 @pytest.fixture

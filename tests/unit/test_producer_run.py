@@ -6,29 +6,8 @@ import pytest
 
 import producer
 from producer import _run
-from producer._transport import DisabledTransport, MemoryTransport, Transport
+from producer._transport import DisabledTransport, Transport
 from producer.errors import RunlogWarning, UsageError
-
-
-@pytest.fixture
-def sent(monkeypatch: pytest.MonkeyPatch):
-    """Every transport a run gets is a MemoryTransport; yields the list of events sent, in order."""
-    events: list = []
-
-    class Recording(MemoryTransport):
-        def send(self, event):
-            super().send(event)
-            events.append(event)
-
-    def make(mode, settings, spool_path=None):
-        return DisabledTransport() if mode == "disabled" else Recording()
-
-    monkeypatch.setattr(_run, "_make_transport", make)
-    for var in ("RUNLOG_ENTITY", "RUNLOG_PROJECT", "RANK"):
-        monkeypatch.delenv(var, raising=False)
-    yield events
-    if producer.run is not None:
-        producer.run.finish()
 
 
 def logs(events):

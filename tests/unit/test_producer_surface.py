@@ -9,24 +9,7 @@ import pytest
 
 import producer
 from producer import _run
-from producer._transport import DisabledTransport, MemoryTransport
 from producer.errors import UsageError
-
-
-@pytest.fixture
-def sent(monkeypatch: pytest.MonkeyPatch):
-    events: list = []
-
-    class Recording(MemoryTransport):
-        def send(self, event):
-            super().send(event)
-            events.append(event)
-
-    monkeypatch.setattr(_run, "_make_transport",
-                        lambda mode, settings, spool_path=None: DisabledTransport() if mode == "disabled" else Recording())
-    yield events
-    if producer.run is not None:
-        producer.run.finish()
 
 
 def test_define_metric(sent):
