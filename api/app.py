@@ -178,6 +178,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(404, f"project {entity}/{project} not found")
         return JSONResponse(found)
 
+    async def require_project(conn: asyncpg.Connection, entity: str, project: str) -> None:
+        if not await queries.project_exists(conn, entity, project):
+            raise HTTPException(404, f"project {entity}/{project} not found")
+
+    async def run_or_404(conn: asyncpg.Connection, entity: str, project: str, run_id: str) -> dict[str, Any]:
+        run = await queries.run(conn, entity, project, run_id)
+        if run is None:
+            raise HTTPException(404, f"run {entity}/{project}/{run_id} not found")
+        return run
+
+    async def run_pk_or_404(conn: asyncpg.Connection, entity: str, project: str, run_id: str) -> int:
+        pk = await queries.run_pk(conn, entity, project, run_id)
+        if pk is None:
+            raise HTTPException(404, f"run {entity}/{project}/{run_id} not found")
+        return pk
+
     @app.get(f"{PREFIX}/runs/{{entity}}/{{project}}", tags=["runs"])
     async def list_runs(
         entity: str, project: str, request: Request,
@@ -190,8 +206,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Runs of a project, filtered, sorted and paged by a keyset cursor: ``{runs, next_cursor, total}``."""
         parsed, sort = parse_filters(filters), parse_order(order)
         async with pool(request).acquire() as conn:
-            if not await queries.project_exists(conn, entity, project):
-                raise HTTPException(404, f"project {entity}/{project} not found")
+            await require_project(conn, entity, project)
             page = await queries.runs_page(conn, entity, project, filters=parsed, sort=sort, per_page=per_page,
                                            cursor=cursor, include_deleted=include_deleted)
         return JSONResponse(page)
@@ -208,35 +223,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Runs grouped by a field: per value the count and min/mean/max of the numeric summary keys."""
         field, parsed = parse_field(by), parse_filters(filters)
         async with pool(request).acquire() as conn:
-            if not await queries.project_exists(conn, entity, project):
-                raise HTTPException(404, f"project {entity}/{project} not found")
+            await require_project(conn, entity, project)
             groups = await queries.run_groups(conn, entity, project, by=field, filters=parsed,
                                               include_deleted=include_deleted, limit=limit)
         return JSONResponse({"by": by, "groups": groups})
 
-    async def run_pk_or_404(conn: asyncpg.Connection, entity: str, project: str, run_id: str) -> int:
-        pk = await queries.run_pk(conn, entity, project, run_id)
-        if pk is None:
-            raise HTTPException(404, f"run {entity}/{project}/{run_id} not found")
-        return pk
 
     @app.get(f"{PREFIX}/runs/{{entity}}/{{project}}/{{run_id}}", tags=["runs"])
     async def get_run(entity: str, project: str, run_id: str, request: Request) -> Any:
         """One run: state, config, tags, summary and times."""
         async with pool(request).acquire() as conn:
-            run = await queries.run(conn, entity, project, run_id)
-        if run is None:
-            raise HTTPException(404, f"run {entity}/{project}/{run_id} not found")
-        return JSONResponse(run)
+            return JSONResponse(await run_or_404(conn, entity, project, run_id))
 
     @app.get(f"{PREFIX}/runs/{{entity}}/{{project}}/{{run_id}}/summary", tags=["runs"])
     async def get_summary(entity: str, project: str, run_id: str, request: Request) -> Any:
         """The run's summary (NaN and infinities tagged)."""
         async with pool(request).acquire() as conn:
-            run = await queries.run(conn, entity, project, run_id)
-        if run is None:
-            raise HTTPException(404, f"run {entity}/{project}/{run_id} not found")
-        return JSONResponse(run["summary"])
+            return JSONResponse((await run_or_404(conn, entity, project, run_id))["summary"])
 
     @app.get(f"{PREFIX}/runs/{{entity}}/{{project}}/{{run_id}}/transitions", tags=["runs"])
     async def get_transitions(entity: str, project: str, run_id: str, request: Request) -> Any:
@@ -259,11 +262,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     ) -> Any:
         """The raw events of the run as stored (the audit), in store order, paged."""
-        after = 0
-        if cursor is not None:
-            if not cursor.isdigit() or len(cursor) > 18:
-                raise HTTPException(400, "cursor must be the next_cursor of a previous page")
-            after = int(cursor)
+        after = _position_cursor(cursor, 0)
         async with pool(request).acquire() as conn:
             await run_pk_or_404(conn, entity, project, run_id)
             found, next_pos = await queries.events_page(conn, f"{entity}/{project}/{run_id}", after, page_size)
@@ -318,28 +317,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         With ``Accept: application/x-ndjson`` the whole range (``min_step``..``max_step``) is
         streamed instead, one JSON row per line; ``page_size`` and ``cursor`` are ignored."""
-        start = min_step
-        if cursor is not None:
-            if not cursor.isdigit():
-                raise HTTPException(400, "cursor must be the next_cursor of a previous page")
-            start = max(start, int(cursor))
+        start = max(min_step, _position_cursor(cursor, min_step))
         wanted = [k for k in keys.split(",") if k] if keys else None
-        if "application/x-ndjson" in request.headers.get("accept", ""):
-            async with pool(request).acquire() as conn:
-                pk = await queries.run_pk(conn, entity, project, run_id)
-            if pk is None:
-                raise HTTPException(404, f"run {entity}/{project}/{run_id} not found")
+        stream = "application/x-ndjson" in request.headers.get("accept", "")
+        async with pool(request).acquire() as conn:
+            pk = await run_pk_or_404(conn, entity, project, run_id)
+            if not stream:
+                rows, next_step = await queries.history_page(conn, pk, wanted, start, max_step, page_size)
+        if stream:
             return StreamingResponse(_stream_history(pool(request), pk, wanted, start, max_step),
                                      media_type="application/x-ndjson")
-        async with pool(request).acquire() as conn:
-            pk = await queries.run_pk(conn, entity, project, run_id)
-            if pk is None:
-                raise HTTPException(404, f"run {entity}/{project}/{run_id} not found")
-            rows, next_step = await queries.history_page(conn, pk, wanted, start, max_step, page_size)
         return JSONResponse({"rows": rows, "next_cursor": None if next_step is None else str(next_step)})
 
     commands.register(app, settings, JSONResponse)
     return app
+
+
+def _position_cursor(cursor: str | None, default: int) -> int:
+    """A step or store position handed out as ``next_cursor``; anything else is a 400."""
+    if cursor is None:
+        return default
+    if not cursor.isdigit() or len(cursor) > 18:  # 18 digits always fit a bigint
+        raise HTTPException(400, "cursor must be the next_cursor of a previous page")
+    return int(cursor)
 
 
 async def _stream_history(pool: asyncpg.Pool, pk: int, keys: list[str] | None, start: int,

@@ -338,7 +338,9 @@ def test_unknown_runs_and_projects_are_404(dataset: dict[str, Any], api_url: str
         api.run(f"{ENTITY}/{project}/missing")
     for bad in [{"samples": 1}, {"samples": "many"}, {"x_axis": "no-such-metric"}]:
         assert get(api_url, f"/api/v1/runs/{ENTITY}/{project}/alpha/history/sampled", bad)[0] in (400, 422)
-    assert get(api_url, f"/api/v1/runs/{ENTITY}/{project}/alpha/events", {"cursor": "x"})[0] == 400
+    for cursor in ["x", "9" * 30]:  # 30 digits would overflow a bigint in the query
+        for suffix in ["/events", "/history"]:
+            assert get(api_url, f"/api/v1/runs/{ENTITY}/{project}/alpha{suffix}", {"cursor": cursor})[0] == 400
 
 
 # -- one run: sampled history, scans, summary, transitions, alerts, events -----------------------------
