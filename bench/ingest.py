@@ -26,7 +26,6 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -37,6 +36,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _stack import loadavg, start_fresh_stack  # noqa: E402 - bench/ is this script's own folder
 
 BENCH_HOME = Path(os.environ.get("RUNLOG_BENCH_HOME", "/tmp/runlog-bench"))
 BENCH_ENV = {
@@ -134,10 +135,6 @@ def machine_ticks() -> int:
     return sum(fields) - fields[3] - fields[4]  # minus idle and iowait
 
 
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
 class Sampler(threading.Thread):
     """Consumer RSS every second, tagged with the current phase."""
 
@@ -208,18 +205,7 @@ class Bench:
     def start_stack(self) -> None:
         from deploy import stack
 
-        if any(stack.status(self.s).values()):
-            print("a bench stack from an earlier run is up in", self.s.home, "- stopping it")
-            stack.down(self.s, say=lambda line: None)
-        for sub in ("postgres", "kafka/data", "kafka/cluster.id", "spool", "run"):  # fresh data, keep jars
-            p = self.s.home / sub
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
-        t = time.time()
-        stack.up(self.s, say=lambda line: print("  " + line))
-        print(f"stack up in {time.time() - t:.1f}s")
+        start_fresh_stack(self.s)
         st = stack.status(self.s)
         self.pids = {"consumer": st["consumer"], "kafka": st["kafka"], "postgres": st["postgres"]}
         self.sampler = Sampler(st["consumer"])

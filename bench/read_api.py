@@ -26,7 +26,6 @@ import json
 import math
 import os
 import random
-import shutil
 import socket
 import subprocess
 import sys
@@ -36,6 +35,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _stack import loadavg, start_fresh_stack  # noqa: E402 - bench/ is this script's own folder
 
 BENCH_HOME = Path(os.environ.get("RUNLOG_BENCH_HOME", "/tmp/runlog-bench-api"))
 PG_PORT, API_PORT, KAFKA_PORT, CONTROLLER_PORT, MLFLOW_PORT = 45432, 48080, 49092, 49093, 45000
@@ -69,10 +70,6 @@ FILTER_LR = {"$and": [{"config.lr": {"$gt": 0.001}}, {"state": "finished"}]}
 FILTER_OPT = {"$and": [{"config.optimizer": "adam"}, {"state": "finished"}]}
 MLFLOW_FILTER = "params.optimizer = 'adam' and attributes.status = 'FINISHED'"
 ORDER = "-summary_metrics.loss"
-
-
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def pct(values: list[float], p: float) -> float:
@@ -365,20 +362,7 @@ class Bench:
         self.mlflow: MLflow | None = None
 
     def start_stack(self) -> None:
-        from deploy import stack
-
-        if any(stack.status(self.s).values()):
-            print("a bench stack from an earlier run is up in", self.s.home, "- stopping it")
-            stack.down(self.s, say=lambda line: None)
-        for sub in ("postgres", "kafka/data", "kafka/cluster.id", "spool", "run", "mlflow-artifacts"):
-            p = self.s.home / sub
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
-        t = time.time()
-        stack.up(self.s, say=lambda line: print("  " + line))
-        print(f"stack up in {time.time() - t:.1f}s")
+        start_fresh_stack(self.s, extra=("mlflow-artifacts",))
 
     def stop_all(self) -> None:
         from deploy import stack
