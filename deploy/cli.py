@@ -88,6 +88,8 @@ def _db(action):  # type: ignore[no-untyped-def]
     """Run ``action(conn)`` against RUNLOG_DATABASE_URL, with a one-sentence error if unreachable."""
     import asyncpg
 
+    from projections.db import init_connection
+
     s = get_settings()
 
     async def go():  # type: ignore[no-untyped-def]
@@ -95,6 +97,7 @@ def _db(action):  # type: ignore[no-untyped-def]
             conn = await asyncpg.connect(s.database_url)
         except OSError as exc:
             _fail(f"cannot reach PostgreSQL at {s.database_url}: {exc}")
+        await init_connection(conn)
         try:
             return await action(conn)
         finally:
@@ -200,32 +203,19 @@ def replay(from_kafka: bool) -> None:
 
     s = get_settings()
 
-    async def go() -> None:
-        import asyncpg
+    async def go(conn):  # type: ignore[no-untyped-def]
+        with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), console=console) as bar:
+            task = bar.add_task("replaying events", total=None)
+            source = KafkaSource(s.bootstrap_servers, s.events_topic, s.consumer_group) if from_kafka else None
+            return await run_replay(conn, progress=lambda done, total: bar.update(task, completed=done, total=total),
+                                    from_kafka=source)
 
-        from projections.db import init_connection
-
-        try:
-            conn = await asyncpg.connect(s.database_url)
-        except OSError as exc:
-            _fail(f"cannot reach PostgreSQL at {s.database_url}: {exc}")
-        await init_connection(conn)
-        try:
-            with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                          TimeRemainingColumn(), console=console) as bar:
-                task = bar.add_task("replaying events", total=None)
-                source = KafkaSource(s.bootstrap_servers, s.events_topic, s.consumer_group) if from_kafka else None
-                result = await run_replay(conn, progress=lambda done, total: bar.update(task, completed=done,
-                                                                                         total=total),
-                                          from_kafka=source)
-        finally:
-            await conn.close()
-        rate = result.events / result.seconds if result.seconds else 0.0
-        console.print(f"replayed {result.events} events ({result.applied} applied, {result.skipped} seq duplicates "
-                      f"skipped) in {result.seconds:.1f}s, {rate:,.0f} events/s; read models swapped in",
-                      highlight=False)
-
-    asyncio.run(go())
+    result = _db(go)
+    rate = result.events / result.seconds if result.seconds else 0.0
+    console.print(f"replayed {result.events} events ({result.applied} applied, {result.skipped} seq duplicates "
+                  f"skipped) in {result.seconds:.1f}s, {rate:,.0f} events/s; read models swapped in",
+                  highlight=False)
 
 
 @main.command()
