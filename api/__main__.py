@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import uvicorn
 
-from events.settings import get_settings
+from events.settings import apply_home_flag, get_settings
 
 from .app import create_app
 
 
 def main() -> None:
-    for arg in sys.argv[1:]:  # the marker `runlog up` puts on the command line
-        if arg.startswith("--runlog-home="):
-            os.environ["RUNLOG_HOME"] = arg.split("=", 1)[1]
+    apply_home_flag(sys.argv[1:])
     settings = get_settings()
     uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="info",
                 access_log=False)

@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import sys
 from typing import Any, Protocol
 
-from events.settings import Settings, get_settings
+from events.settings import Settings, apply_home_flag, get_settings
 
 
 class Service(Protocol):
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
-
-
-def apply_home_flag(argv: list[str]) -> None:
-    """``--runlog-home=PATH`` (the marker ``runlog up`` puts on the command line) sets RUNLOG_HOME."""
-    for arg in argv:
-        if arg.startswith("--runlog-home="):
-            os.environ["RUNLOG_HOME"] = arg.split("=", 1)[1]
 
 
 def serve(name: str, factory: Any) -> None:
@@ -47,4 +39,4 @@ async def _run(service: Service) -> None:
         await service.stop()
 
 
-__all__ = ["Settings", "apply_home_flag", "serve"]
+__all__ = ["serve"]

@@ -15,7 +15,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from events.settings import Settings
+from events.settings import HOME_FLAG, Settings
 from projections.migrate import migrate_url
 
 from . import kafka, postgres, process
@@ -43,7 +43,7 @@ def ready_file(s: Settings, name: str):
 
 
 def _marker(s: Settings) -> str:
-    return f"--runlog-home={s.home}"
+    return f"{HOME_FLAG}{s.home}"
 
 
 def _start_python(s: Settings, svc: Service) -> bool:

@@ -7,6 +7,7 @@ Defaults match the local stack that ``runlog up`` starts, so nothing needs confi
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -82,6 +83,16 @@ class Settings(BaseSettings):
     @cached_property
     def api_port(self) -> int:
         return urlsplit(self.api_url).port or 8080
+
+
+HOME_FLAG = "--runlog-home="
+
+
+def apply_home_flag(argv: list[str]) -> None:
+    """``--runlog-home=PATH`` (the marker ``runlog up`` puts on a service's command line) sets RUNLOG_HOME."""
+    for arg in argv:
+        if arg.startswith(HOME_FLAG):
+            os.environ["RUNLOG_HOME"] = arg[len(HOME_FLAG):]
 
 
 def get_settings() -> Settings:
