@@ -125,11 +125,11 @@ def ensure_formatted(s: Settings, libs: Path) -> None:
     if (kdir / "data" / "meta.properties").exists():
         return
     cluster_file = kdir / "cluster.id"
-    if not cluster_file.exists():
+    if not cluster_file.exists() or cluster_file.read_text().startswith("-"):  # see _kafka_cluster_id
         cluster_file.write_text(_kafka_cluster_id())
     result = subprocess.run(
         ["java", *_java_opts(s, heap="256m"), "kafka.tools.StorageTool", "format",
-         "-t", cluster_file.read_text().strip(), "-c", str(kdir / "server.properties")],
+         f"--cluster-id={cluster_file.read_text().strip()}", "-c", str(kdir / "server.properties")],
         capture_output=True, text=True,
     )
     if result.returncode != 0:
@@ -137,10 +137,17 @@ def ensure_formatted(s: Settings, libs: Path) -> None:
 
 
 def _kafka_cluster_id() -> str:
-    """Kafka cluster ids are 16 random bytes in URL-safe base64 without padding."""
+    """Kafka cluster ids are 16 random bytes in URL-safe base64 without padding.
+
+    Like Kafka's own ``Uuid.randomUuid()``, never one that starts with "-": the storage tool's
+    argument parser reads such an id as an option (1 start in 64 failed to format before).
+    """
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def _java_opts(s: Settings, heap: str) -> list[str]:
