@@ -20,6 +20,7 @@ import asyncpg
 from events.codec import dumps
 
 from events import Event
+from projections.db import CHUNK_STEPS
 from projections.fold import AlertRow, HistoryRow, MetricRow, RunState, TransitionRow, fold
 
 
@@ -166,6 +167,23 @@ async def _check_sequences(conn: asyncpg.Connection, records: list[Record], resu
     return kept
 
 
+# Recompute every history chunk the staged rows touch from its points (see 0010_history_chunks.sql).
+# Recomputing, not merging, keeps a chunk exact when a point is overwritten (a lower rank, a
+# numeric value replaced by a string); the points just written are in shared buffers.
+CHUNKS_SQL = f"""
+INSERT INTO history_chunks (run_pk, key, chunk, n, first_step, last_step, lo, hi)
+SELECT c.run_pk, c.key, c.chunk, count(h.value), min(h.step) FILTER (WHERE h.value IS NOT NULL),
+       max(h.step) FILTER (WHERE h.value IS NOT NULL),
+       min(ARRAY[h.value, h.step::float8]) FILTER (WHERE h.value IS NOT NULL),
+       max(ARRAY[h.value, -h.step::float8]) FILTER (WHERE h.value IS NOT NULL)
+FROM (SELECT DISTINCT run_pk, key, step / {CHUNK_STEPS} AS chunk FROM history_stage) c
+JOIN history h ON h.run_pk = c.run_pk AND h.key = c.key
+              AND h.step >= c.chunk * {CHUNK_STEPS} AND h.step < (c.chunk + 1) * {CHUNK_STEPS}
+GROUP BY c.run_pk, c.key, c.chunk
+ON CONFLICT (run_pk, key, chunk) DO UPDATE SET n = EXCLUDED.n, first_step = EXCLUDED.first_step,
+    last_step = EXCLUDED.last_step, lo = EXCLUDED.lo, hi = EXCLUDED.hi
+"""
+
 RUN_COLUMNS = [f.name for f in fields(RunState)]
 DB_COLUMNS = ["run_group" if c == "group" else c for c in RUN_COLUMNS]
 
@@ -242,6 +260,7 @@ async def _project(conn: asyncpg.Connection, events: list[Event]) -> None:
                SET value = EXCLUDED.value, value_json = EXCLUDED.value_json, rank = EXCLUDED.rank
                WHERE EXCLUDED.rank <= history.rank"""
         )
+        await conn.execute(CHUNKS_SQL)
     if transitions:
         await conn.executemany(
             """INSERT INTO state_transitions (run_pk, from_state, to_state, accepted, event_time, event_id, actor, reason)

@@ -7,6 +7,10 @@ import orjson
 
 from events.values import tag_nonfinite, untag_nonfinite
 
+# Steps per history chunk (sql/0010_history_chunks.sql): the consumer keeps the roll-up, the API
+# samples from it. Changing it needs a migration that rebuilds history_chunks.
+CHUNK_STEPS = 100
+
 
 async def init_connection(conn: asyncpg.Connection) -> None:
     """jsonb in and out as Python objects, with non-finite floats tagged (jsonb has no NaN)."""
