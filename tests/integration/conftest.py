@@ -16,8 +16,10 @@ import pytest
 
 from deploy import stack
 from events.settings import Settings, get_settings
-from projections.db import create_pool
-from projections.migrate import migrate_url
+from projections.db import create_pool, init_connection
+from projections.migrate import migrate, migrate_url
+
+from .helpers import Scoped
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
@@ -48,3 +50,20 @@ async def pool(local_stack: Settings) -> AsyncIterator[asyncpg.Pool]:
 def project() -> str:
     """A project name no other test uses."""
     return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def scoped(local_stack: Settings) -> AsyncIterator[Scoped]:
+    """A connection whose unqualified names live in a fresh, migrated schema of its own."""
+    conn = await asyncpg.connect(local_stack.database_url)
+    try:
+        await init_connection(conn)
+        schema = f"t_{uuid.uuid4().hex[:12]}"
+        await conn.execute(f"CREATE SCHEMA {schema}")
+        await conn.execute(f"SET search_path TO {schema}")
+        await migrate(conn)
+        yield Scoped(conn, schema)
+        await conn.execute("RESET search_path")
+        await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    finally:
+        await conn.close()

@@ -1,4 +1,5 @@
-"""Polling helpers: integration tests read their own writes by waiting, never by sleeping blindly."""
+"""Helpers of the integration tests: polling (read your writes by waiting, never by sleeping blindly),
+topics of their own, and schemas of their own."""
 
 from __future__ import annotations
 
@@ -6,9 +7,20 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import asyncpg
+
 T = TypeVar("T")
+
+
+@dataclass
+class Scoped:
+    """A connection whose unqualified names resolve in ``schema``, a migrated schema of its own."""
+
+    conn: asyncpg.Connection
+    schema: str
 
 
 def eventually(check: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.1) -> T:

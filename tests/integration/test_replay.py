@@ -7,9 +7,6 @@ isolates it), on the real PostgreSQL of the test stack.
 from __future__ import annotations
 
 import math
-import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,10 +21,8 @@ from events import (AlertPayload, Event, FinishPayload, HeartbeatPayload, InitPa
                     RunAlert, RunFinish, RunHeartbeat, RunInit, RunLog, RunMetric, RunPreempting, RunRef,
                     RunSummary, RunTags, Source, SummaryPayload, TagsPayload, encode)
 from events.settings import Settings
-from projections.db import init_connection
-from projections.migrate import migrate
 
-from .helpers import create_topic
+from .helpers import Scoped, create_topic
 
 pytestmark = pytest.mark.integration
 
@@ -48,29 +43,6 @@ DUMPS = {
               "FROM alerts t ORDER BY 1, event_time, id",
     "projects": "SELECT to_jsonb(t) FROM projects t ORDER BY entity, project",
 }
-
-
-@dataclass
-class Scoped:
-    conn: asyncpg.Connection
-    schema: str
-
-
-@pytest.fixture
-async def scoped(local_stack: Settings) -> AsyncIterator[Scoped]:
-    """A connection whose unqualified names live in a fresh, migrated schema of its own."""
-    conn = await asyncpg.connect(local_stack.database_url)
-    try:
-        await init_connection(conn)
-        schema = f"t_{uuid.uuid4().hex[:12]}"
-        await conn.execute(f"CREATE SCHEMA {schema}")
-        await conn.execute(f"SET search_path TO {schema}")
-        await migrate(conn)
-        yield Scoped(conn, schema)
-        await conn.execute("RESET search_path")
-        await conn.execute(f"DROP SCHEMA {schema} CASCADE")
-    finally:
-        await conn.close()
 
 
 async def dump(conn: asyncpg.Connection) -> dict[str, list[tuple[Any, ...]]]:

@@ -1,0 +1,135 @@
+"""History reads on the real PostgreSQL, checked against brute force over the logged points.
+
+The points go in through ``apply_batch`` (the consumer's own write path, which keeps
+``history_chunks``) into a schema of the test's own; the reads are ``api.queries``'.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import pytest
+
+from api import queries
+from consumers.postgres import Record, apply_batch
+from events import InitPayload, LogPayload, RunInit, RunLog, RunRef, Source, encode
+from events.values import untag_nonfinite
+from projections.db import CHUNK_STEPS
+
+from .helpers import Scoped
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 5, 1, tzinfo=UTC)
+Points = dict[str, dict[int, Any]]  # key -> step -> value
+
+
+async def load(conn: asyncpg.Connection, points: Points) -> int:
+    """Log ``points`` as one run's events, in batches as the consumer applies them; the run's pk."""
+    run = RunRef(entity="e", project="p", run_id="r")
+    src = Source(kind="sdk", writer="w", rank=0)
+    events: list[Any] = [RunInit(run=run, source=src, seq=0, time=T0, payload=InitPayload())]
+    for step in sorted(set().union(*points.values())):
+        values = {k: v[step] for k, v in points.items() if step in v}
+        events.append(RunLog(run=run, source=src, seq=len(events), time=T0, payload=LogPayload(step=step, values=values)))
+    for start in range(0, len(events), 2000):
+        records = [Record(0, start + i, e, encode(e)) for i, e in enumerate(events[start:start + 2000])]
+        await apply_batch(conn, "g", "t", records, {0: start + len(records)})
+    return await conn.fetchval("SELECT pk FROM runs WHERE run_id = 'r'")  # type: ignore[no-any-return]
+
+
+def order_key(value: float) -> tuple[int, float]:
+    """PostgreSQL's float8 order: -inf < numbers < +inf < NaN."""
+    return (1, 0.0) if math.isnan(value) else (0, value)
+
+
+def same(a: Any, b: Any) -> bool:
+    return (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)) or a == b
+
+
+def expected_extremes(series: dict[int, float], samples: int) -> set[int]:
+    """Steps of each bucket's lowest and highest point, buckets cut as history_sampled documents."""
+    steps = sorted(series)
+    buckets = samples // 2
+    lo, hi = steps[0], steps[-1]
+    if len(steps) <= samples:
+        return set(steps)
+    width = (hi - lo) // buckets + 1
+    if width >= CHUNK_STEPS:  # whole chunks, sized for one bucket fewer
+        width = -(-((hi - lo) // (buckets - 1) + 1) // CHUNK_STEPS) * CHUNK_STEPS
+        bucket_of = lambda s: s // width  # noqa: E731 - aligned to chunk boundaries
+    else:
+        bucket_of = lambda s: (s - lo) // width  # noqa: E731
+    by_bucket: dict[int, list[int]] = {}
+    for s in steps:
+        by_bucket.setdefault(bucket_of(s), []).append(s)
+    out = set()
+    for members in by_bucket.values():  # ties: the earliest step (min/max over (value, ±step) arrays)
+        out.add(min(members, key=lambda s: (order_key(series[s]), s)))
+        out.add(max(members, key=lambda s: (order_key(series[s]), -s)))
+    return out
+
+
+async def test_sampled_history_keeps_every_bucket_s_extremes_from_chunks_and_from_points(scoped: Scoped) -> None:
+    rng = random.Random(7)
+    long = {s: math.sin(s / 500) + rng.random() / 10 for s in range(12_000)}
+    long[2_345], long[9_001], long[10_000], long[5] = 50.0, -50.0, math.nan, -math.inf
+    medium = {s: rng.random() for s in range(4_000)}
+    medium[2_000] = 9.0
+    short = {s: rng.random() for s in range(0, 3_000, 10)}  # 300 points
+    words = {s: "text" for s in range(0, 12_000, 1000)}  # not numeric: never sampled
+    pk = await load(scoped.conn, {"long": long, "medium": medium, "short": short, "words": words})
+
+    # samples=100: `long` in buckets of 300 steps from chunks, `medium` in buckets of 81 steps from
+    # the points, `short` whole; samples=60: both from chunks; samples=1000: `short` whole, the rest points.
+    for samples in (100, 60, 1000):
+        rows = await queries.history_sampled(scoped.conn, pk, ["long", "medium", "short", "words"], samples, "_step")
+        for key, series in (("long", long), ("medium", medium), ("short", short)):
+            got = {r["_step"]: untag_nonfinite(r[key]) for r in rows if key in r}
+            assert len(got) <= samples, (key, samples)
+            assert all(same(series[s], v) for s, v in got.items()), key  # every point is a logged one
+            assert set(got) == expected_extremes(series, samples), (key, samples)
+        assert not any("words" in r for r in rows)
+    rows = await queries.history_sampled(scoped.conn, pk, ["long"], 100, "_step")
+    assert {2_345, 9_001, 10_000, 5} <= {r["_step"] for r in rows}  # the spikes, the NaN and -inf survive
+
+    # The roll-up the chunk buckets read: 12k points of `long` are 120 chunk rows.
+    assert await scoped.conn.fetchval(
+        "SELECT count(*) FROM history_chunks WHERE run_pk = $1 AND key = 'long'", pk) == 12_000 // CHUNK_STEPS
+
+
+async def test_scan_pages_cover_every_step_once_across_keys_with_different_steps(scoped: Scoped) -> None:
+    points: Points = {
+        "a": {s: float(s) for s in range(3_000)},
+        "b": {s: s / 2 for s in range(0, 3_000, 2)},
+        "c": {s: math.inf if s == 2_600 else 1.0 for s in range(2_500, 3_000)},
+        "d": {s: [s, "x"] for s in range(0, 3_000, 700)},  # JSON values come back as stored
+    }
+    pk = await load(scoped.conn, points)
+
+    async def scan(keys: list[str] | None, max_step: int | None, page_size: int) -> list[dict[str, Any]]:
+        rows, start = [], 0
+        while True:
+            page, start = await queries.history_page(scoped.conn, pk, keys, start, max_step, page_size)
+            assert len(page) <= page_size
+            rows += page
+            if start is None:
+                return rows
+
+    def truth(keys: list[str] | None, max_step: int | None) -> list[dict[str, Any]]:
+        wanted = keys or sorted(points)
+        steps = sorted({s for k in wanted for s in points[k] if max_step is None or s <= max_step})
+        rows = [{"_step": s, **{k: points[k][s] for k in wanted if s in points[k]}} for s in steps]
+        return [r for r in rows if not keys or all(k in r for k in keys)]
+
+    def plain(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        import orjson
+        return untag_nonfinite(orjson.loads(orjson.dumps(rows)))  # what a client reads
+
+    for keys, max_step, page_size in [(None, None, 700), (None, 2_700, 333), (["a", "b"], None, 500),
+                                      (["c"], None, 64), (["b", "c"], 2_999, 1000), (["a"], None, 10_000)]:
+        assert plain(await scan(keys, max_step, page_size)) == truth(keys, max_step), (keys, max_step, page_size)
