@@ -216,10 +216,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Runs of a project, filtered, sorted and paged by a keyset cursor: ``{runs, next_cursor, total}``."""
         parsed, sort = parse_filters(filters), parse_order(order)
         async with pool(request).acquire() as conn:
-            await require_project(conn, entity, project)
             page = await queries.runs_page(conn, entity, project, filters=parsed, sort=sort, per_page=per_page,
                                            cursor=cursor, include_deleted=include_deleted)
-        return JSONResponse(page)
+            if not page["runs"]:  # a project with runs needs no check of its own
+                await require_project(conn, entity, project)
+        return ReadyJSONResponse(page)
 
     @app.get(f"{PREFIX}/runs/{{entity}}/{{project}}/groups", tags=["runs"])
     async def group_runs(

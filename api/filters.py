@@ -126,15 +126,20 @@ def compile_filter(filters: Any, params: Params) -> str:
     """SQL for a filter tree (already parsed JSON); its values are appended to ``params``."""
     if filters is None:
         return "TRUE"
-    return _node(filters, params, 0)
+    return _node(filters, params, 0)[0]
 
 
-def _node(node: Any, params: Params, depth: int) -> str:
+def _node(node: Any, params: Params, depth: int) -> tuple[str, bool]:
+    """SQL for one filter object, and whether it reads config/summary jsonb (the costly part).
+
+    ANDed conditions on plain columns come first: PostgreSQL evaluates a scan's conditions in
+    the written order when their costs tie, and jsonb lookups on rows that a state or tag
+    condition already ruled out were a third of a filtered runs page."""
     if depth > MAX_DEPTH:
         raise FilterError(f"filters nest deeper than {MAX_DEPTH} levels")
     if not isinstance(node, dict):
         raise FilterError(f"a filter is a JSON object, got {_kind(node)}")
-    parts = []
+    parts: list[tuple[str, bool]] = []
     for key, value in node.items():
         if key in ("$and", "$or", "$nor"):
             if not isinstance(value, list):
@@ -142,19 +147,28 @@ def _node(node: Any, params: Params, depth: int) -> str:
             if len(value) > MAX_LIST:
                 raise FilterError(f"{key} takes at most {MAX_LIST} filters")
             subs = [_node(v, params, depth + 1) for v in value]
+            costly = any(c for _, c in subs)
             if key == "$and":
-                parts.append("(" + " AND ".join(subs) + ")" if subs else "TRUE")
+                parts.append(("(" + " AND ".join(_cheap_first(subs)) + ")" if subs else "TRUE", costly))
             elif key == "$or":
-                parts.append("(" + " OR ".join(subs) + ")" if subs else "FALSE")
+                parts.append(("(" + " OR ".join(sql for sql, _ in subs) + ")" if subs else "FALSE", costly))
             else:
-                parts.append("NOT (" + " OR ".join(subs) + ")" if subs else "TRUE")
+                parts.append(("NOT (" + " OR ".join(sql for sql, _ in subs) + ")" if subs else "TRUE", costly))
         elif isinstance(key, str) and key.startswith("$"):
             raise FilterError(f"unknown logical operator {key[:40]!r}; use $and, $or or $nor")
         else:
-            parts.append(_condition(parse_field(key), value, params))
+            f = parse_field(key)
+            parts.append((_condition(f, value, params), f.kind == "json"))
     if not parts:
-        return "TRUE"
-    return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
+        return "TRUE", False
+    costly = any(c for _, c in parts)
+    if len(parts) == 1:
+        return parts[0][0], costly
+    return "(" + " AND ".join(_cheap_first(parts)) + ")", costly
+
+
+def _cheap_first(parts: list[tuple[str, bool]]) -> list[str]:
+    return [sql for sql, costly in parts if not costly] + [sql for sql, costly in parts if costly]
 
 
 def _condition(f: Field, value: Any, params: Params) -> str:

@@ -214,3 +214,12 @@ def test_random_filter_trees_compile_to_sql_whose_placeholders_match_the_paramet
     assert placeholders(sql) | {1, 2} == set(range(1, n + 1))  # every value is used
     assert MALICIOUS not in sql and "drop table" not in sql.lower()
     assert sql.count("(") == sql.count(")")
+
+
+def test_anded_column_conditions_come_before_jsonb_lookups() -> None:
+    sql, params = compile_({"$and": [{"config.lr": {"$gt": 0.001}}, {"state": "finished"}]})
+    assert sql == ("((state = $3::text) AND "
+                   "(jsonb_typeof((config -> $1::text)) = 'number' AND (config -> $1::text) > $2::jsonb))")
+    assert params == ["lr", 0.001, "finished"]
+    sql, _ = compile_({"summary_metrics.loss": 1, "tags": "x", "$or": [{"state": "a"}, {"config.b": 2}]})
+    assert sql.startswith("(($3::text = ANY(tags)) AND ((summary") and sql.index("summary") < sql.index("OR")
