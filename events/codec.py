@@ -33,8 +33,16 @@ def dumps(obj: Any, option: int = 0) -> bytes:
 
 
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
-    """Parse JSON and turn ``$f`` tags back into floats."""
-    return untag_nonfinite(orjson.loads(data))
+    """Parse JSON and turn ``$f`` tags back into floats.
+
+    Text without a '$' and without a backslash-u escape (which could spell one) holds no tag, and the
+    walk over every value is skipped: it was most of the parse of a typical ``run.log``.
+    """
+    obj = orjson.loads(data)
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    if b"$" in raw or b"\\u" in raw:
+        return untag_nonfinite(obj)
+    return obj
 
 
 def to_jsonable(event: Event) -> dict[str, Any]:

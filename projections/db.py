@@ -21,5 +21,7 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
-async def create_pool(database_url: str, max_size: int = 8) -> asyncpg.Pool:
-    return await asyncpg.create_pool(database_url, min_size=1, max_size=max_size, init=init_connection)
+async def create_pool(database_url: str, max_size: int = 8, *, synchronous_commit: bool = True) -> asyncpg.Pool:
+    settings = {} if synchronous_commit else {"synchronous_commit": "off"}
+    return await asyncpg.create_pool(database_url, min_size=1, max_size=max_size, init=init_connection,
+                                     server_settings=settings)

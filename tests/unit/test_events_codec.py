@@ -23,6 +23,7 @@ from events import (
     decode,
     decode_dict,
     encode,
+    loads,
     to_jsonable,
 )
 
@@ -358,3 +359,13 @@ def test_arbitrary_json_never_raises_anything_but_event_errors(obj):
         decode_dict(obj)
     except EventError:
         pass
+
+
+def test_loads_untags_tags_spelled_with_escapes_and_skips_text_without_any() -> None:
+    # The untag walk is skipped when the text has no '$' and no backslash-u escape; an escaped
+    # "$f" is still a tag.
+    assert math.isnan(loads(b'{"a": {"\\u0024f": "NaN"}}')["a"])
+    assert loads(b'{"a": [1, {"$\\u0066": "-Infinity"}]}')["a"][1] == -math.inf
+    assert loads('{"a": {"$f": "Infinity"}}')["a"] == math.inf
+    assert loads(memoryview(b'[{"$f": "NaN"}]'))[0] != 0
+    assert loads(b'{"a": {"f": "NaN"}, "b": [1.5]}') == {"a": {"f": "NaN"}, "b": [1.5]}
