@@ -60,6 +60,13 @@ class RestoreOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
         self.app.on_assigned()
 
 
+async def _records_only(message: KafkaMessage) -> None:
+    """The batch's body for FastStream: nothing. ``Projector.handle`` reads the raw records and
+    decodes them itself; FastStream's own batch decoder built a message object and ran a JSON
+    parse for every record only to throw them away (~9 % of the consumer's CPU)."""
+    return None
+
+
 class Projector:
     """Holds the broker, the pool and the batch handler of one consumer process."""
 
@@ -81,6 +88,7 @@ class Projector:
             auto_offset_reset="earliest",
             ack_policy=AckPolicy.ACK,
             listener=RestoreOffsets(self),
+            decoder=_records_only,
         )
         self.subscriber(self.handle)
 
