@@ -19,9 +19,9 @@ import asyncpg
 
 from events.codec import dumps
 
-from events import Event
+from events import Event, RunLog
 from projections.db import CHUNK_STEPS
-from projections.fold import AlertRow, HistoryRow, MetricRow, RunState, TransitionRow, fold
+from projections.fold import AlertRow, HistoryRow, MetricRow, RunState, TransitionRow, fold, fold_logs
 
 
 @dataclass(frozen=True)
@@ -188,6 +188,18 @@ RUN_COLUMNS = [f.name for f in fields(RunState)]
 DB_COLUMNS = ["run_group" if c == "group" else c for c in RUN_COLUMNS]
 
 
+def _runs_of_logs(events: list[Event]) -> list[tuple[str, list[Event]]]:
+    """The events in order, consecutive ``run.log`` events of one run grouped (for ``fold_logs``)."""
+    groups: list[tuple[str, list[Event]]] = []
+    for event in events:
+        path = event.run.path
+        if groups and type(event) is RunLog and groups[-1][0] == path and type(groups[-1][1][0]) is RunLog:
+            groups[-1][1].append(event)
+        else:
+            groups.append((path, [event]))
+    return groups
+
+
 async def _project(conn: asyncpg.Connection, events: list[Event]) -> None:
     """Fold ``events`` (in order) into the runs they touch and write the resulting rows."""
     paths = list(dict.fromkeys(e.run.path for e in events))
@@ -213,9 +225,11 @@ async def _project(conn: asyncpg.Connection, events: list[Event]) -> None:
     transitions: list[tuple[str, TransitionRow]] = []
     definitions: dict[tuple[str, str], MetricRow] = {}
     alerts: list[tuple[str, AlertRow]] = []
-    for event in events:
-        path = event.run.path
-        states[path], rows = fold(states[path], event)
+    for path, group in _runs_of_logs(events):
+        if len(group) == 1:
+            states[path], rows = fold(states[path], group[0])
+        else:
+            states[path], rows = fold_logs(states[path], group)  # type: ignore[arg-type]
         for row in rows:
             if isinstance(row, HistoryRow):
                 kept = history.get((path, row.key, row.step))

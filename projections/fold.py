@@ -218,6 +218,38 @@ def _(event: RunLog, state: RunState | None) -> tuple[RunState | None, list[Row]
     return replace(state, summary=summary, stats=stats, last_step=last, updated_at=event.time), rows
 
 
+def fold_logs(state: RunState | None, events: list[RunLog]) -> tuple[RunState | None, list[Row]]:
+    """Fold consecutive ``run.log`` events of one run: the same state and rows as folding them
+    one by one (a property test holds it to that), without a ``RunState`` copy, a stats copy and a
+    summary recomputation per event. Logs are most events, so this is the consumer's hot path.
+    A run that does not exist yet or is crashed (a log revives it) takes the general path."""
+    if state is None or state.state == "crashed" or len(events) == 1:
+        rows: list[Row] = []
+        for event in events:
+            state, more = fold(state, event)
+            rows += more
+        return state, rows
+    stats = dict(state.stats)
+    keys: dict[str, None] = {}  # touched keys, in first-touch order
+    rows = []
+    last, updated, runtime = state.last_step, state.updated_at, state.runtime
+    live = state.state in ("running", "preempting")  # runtime grows only while the run is live
+    for event in events:
+        step, rank = event.payload.step, event.source.rank
+        for key, value in event.payload.values.items():
+            rows.append(_history_row(key, step, value, rank or 0))
+            stats[key] = update_stats(stats.get(key), value, step, rank)
+            keys[key] = None
+        last = step if last is None else max(last, step)
+        updated = event.time
+        if live and event.source.kind == "sdk":
+            runtime = max(runtime, (event.time - state.created_at).total_seconds())
+    # A key's summary entry depends only on its final statistics, so one recomputation suffices.
+    summary = recompute(state.summary, list(keys), state.metrics, stats, state.overrides)
+    summary["_step"] = last
+    return replace(state, summary=summary, stats=stats, last_step=last, updated_at=updated, runtime=runtime), rows
+
+
 def _history_row(key: str, step: int, value: Any, rank: int) -> HistoryRow:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return HistoryRow(key, step, float(value), None, rank)

@@ -18,6 +18,7 @@ from events import (
     InitPayload,
     LogPayload,
     LostPayload,
+    MetricPayload,
     RunConfig,
     RunCrashed,
     RunDelete,
@@ -25,6 +26,7 @@ from events import (
     RunHeartbeat,
     RunInit,
     RunLog,
+    RunMetric,
     RunPreempted,
     RunPreempting,
     RunRef,
@@ -39,7 +41,7 @@ from events import (
     TagsPayload,
     UpdatePayload,
 )
-from projections.fold import HistoryRow, RunState, TransitionRow, fold
+from projections.fold import HistoryRow, RunState, TransitionRow, fold, fold_logs
 from projections.states import STATES, check_move
 
 RUN = RunRef(entity="ent", project="proj", run_id="r1")
@@ -524,3 +526,53 @@ def test_creating_a_pending_run_that_already_exists_is_refused_and_changes_nothi
     assert new == state
     (row,) = rows
     assert not row.accepted and row.to_state == "pending" and "already exists" in row.reason
+
+
+# Logs dominate, with define_metric, summary overrides, crashes and NaN/inf mixed in: the cases
+# where fold_logs' single summary recomputation could differ from one per event.
+LOG_HEAVY = st.one_of(
+    st.builds(lambda p: (RunLog, p), st.builds(
+        LogPayload, step=st.integers(0, 20),
+        values=st.dictionaries(KEYS, st.one_of(VALUES, st.floats(), st.integers(-5, 5)), max_size=3))),
+    st.builds(lambda p: (RunLog, p), st.builds(LogPayload, step=st.integers(0, 20),
+                                               values=st.dictionaries(KEYS, st.floats(), min_size=1, max_size=4))),
+    st.builds(lambda p: (RunMetric, p), st.builds(
+        MetricPayload, name=st.sampled_from(["loss", "acc", "l*", "*"]),
+        summary=st.lists(st.sampled_from(["min", "max", "mean", "best", "last", "none", "first"]), max_size=2,
+                         unique=True),
+        goal=st.none() | st.sampled_from(["minimize", "maximize"]), overwrite=st.none() | st.booleans())),
+    PAYLOADS,
+)
+
+
+@st.composite
+def log_heavy_lists(draw, max_size=30):
+    specs = draw(st.lists(st.tuples(LOG_HEAVY, KIND, st.integers(0, 3)), max_size=max_size))
+    events = []
+    for i, ((cls, payload), kind, secs) in enumerate(specs):
+        args = dict(id=uuid.UUID(int=i + 1), run=RUN, source=Source(kind=kind, writer=f"w{i % 2}", rank=i % 3),
+                    seq=i, time=T0 + timedelta(seconds=secs * i - 3 * (i % 2)))
+        if payload is not None:
+            args["payload"] = payload
+        events.append(cls(**args))
+    return events
+
+
+@PROPS
+@given(log_heavy_lists())
+def test_folding_runs_of_logs_at_once_equals_folding_them_one_by_one(events):
+    expected_state, expected_rows = fold_all(events)
+    state, rows, group = None, [], []
+    for e in [*events, None]:
+        if isinstance(e, RunLog):
+            group.append(e)
+            continue
+        if group:
+            state, more = fold_logs(state, group)
+            rows += more
+            group = []
+        if e is not None:
+            state, more = fold(state, e)
+            rows += more
+    assert state == expected_state
+    assert rows == expected_rows
