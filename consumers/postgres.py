@@ -189,14 +189,19 @@ DB_COLUMNS = ["run_group" if c == "group" else c for c in RUN_COLUMNS]
 
 
 def _runs_of_logs(events: list[Event]) -> list[tuple[str, list[Event]]]:
-    """The events in order, consecutive ``run.log`` events of one run grouped (for ``fold_logs``)."""
-    groups: list[tuple[str, list[Event]]] = []
+    """The batch run by run (each run's events in their order; runs do not affect one another),
+    with consecutive ``run.log`` events of a run grouped for ``fold_logs``. Batches interleave
+    the runs of several partitions, so grouping by run first makes the groups long."""
+    by_run: dict[str, list[Event]] = {}
     for event in events:
-        path = event.run.path
-        if groups and type(event) is RunLog and groups[-1][0] == path and type(groups[-1][1][0]) is RunLog:
-            groups[-1][1].append(event)
-        else:
-            groups.append((path, [event]))
+        by_run.setdefault(event.run.path, []).append(event)
+    groups: list[tuple[str, list[Event]]] = []
+    for path, run_events in by_run.items():
+        for event in run_events:
+            if type(event) is RunLog and groups and groups[-1][0] == path and type(groups[-1][1][0]) is RunLog:
+                groups[-1][1].append(event)
+            else:
+                groups.append((path, [event]))
     return groups
 
 
