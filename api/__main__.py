@@ -15,7 +15,7 @@ def main() -> None:
     apply_home_flag(sys.argv[1:])
     settings = get_settings()
     uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="info",
-                access_log=False)
+                access_log=False, loop="uvloop", http="httptools")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import signal
 import sys
 from typing import Any, Protocol
 
+import uvloop
+
 from events.settings import Settings, apply_home_flag, get_settings
 
 
@@ -24,7 +26,7 @@ def serve(name: str, factory: Any) -> None:
     settings = get_settings()
     ready = settings.home / "run" / f"{name}.ready"
     ready.parent.mkdir(parents=True, exist_ok=True)
-    asyncio.run(_run(factory(settings, ready)))
+    uvloop.run(_run(factory(settings, ready)))  # asyncio on libuv: less CPU per Kafka fetch and query
 
 
 async def _run(service: Service) -> None:
