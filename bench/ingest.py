@@ -447,8 +447,42 @@ class Bench:
             await prod.stop()
             out[label] = {"messages": messages, "seconds": round(dt, 2), "messages_per_s": round(messages / dt),
                           "points_per_s": round(messages * len(KEYS) / dt), "cpu_cores": cpu}
+        out.update(self.java_producer_ceiling(topic, bodies, messages * 5))
         out["load"] = loadavg()
         print("kafka ceiling", json.dumps(out))
+        return out
+
+    def java_producer_ceiling(self, topic: str, bodies: list[bytes], messages: int) -> dict:
+        """Kafka's own producer benchmark (the JVM client, ``ProducerPerformance``) with the same
+        event bodies: the broker's ceiling on this machine, without Python in the way."""
+        import re
+
+        from deploy.kafka import kafka_dir
+
+        payloads = Path(self.s.home) / "bench-payloads.txt"
+        payloads.write_bytes(b"\n".join(bodies))
+        out = {}
+        for label, props in (("java_gzip_idempotent", ["compression.type=gzip", "enable.idempotence=true"]),
+                             ("java_no_compression", [])):
+            cpu0, t0 = self.cpu.snapshot(), time.perf_counter()  # type: ignore[union-attr]
+            proc = subprocess.run(
+                ["java", "-Xmx512m", "-cp", str(kafka_dir(self.s) / "libs" / "*"),
+                 "org.apache.kafka.tools.ProducerPerformance", "--topic", topic, "--num-records", str(messages),
+                 "--throughput", "-1", "--payload-file", str(payloads), "--producer-props",
+                 f"bootstrap.servers={self.s.bootstrap_servers}", "acks=all", "linger.ms=20",
+                 "batch.size=1048576", *props],
+                capture_output=True, text=True, timeout=600,
+            )
+            dt = time.perf_counter() - t0
+            cpu = CpuMeter.diff(cpu0, self.cpu.snapshot(), dt)  # type: ignore[union-attr]
+            found = re.search(r"(\d+) records sent, ([\d.]+) records/sec", proc.stdout)
+            if not found:
+                out[label] = {"error": (proc.stdout + proc.stderr)[-500:]}
+                continue
+            rate = float(found.group(2))
+            out[label] = {"messages": int(found.group(1)), "messages_per_s": round(rate),
+                          "points_per_s": round(rate * len(KEYS)), "cpu_cores": cpu,
+                          "summary": proc.stdout.strip().splitlines()[-1]}
         return out
 
     async def copy_ceiling(self, points: int) -> dict:
