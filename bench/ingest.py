@@ -136,20 +136,21 @@ def machine_ticks() -> int:
 
 
 class Sampler(threading.Thread):
-    """Consumer RSS every second, tagged with the current phase."""
+    """RSS of each consumer process every second, tagged with the current phase (the largest
+    of them is what is reported: each is one process whose memory must stay flat)."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pids: list[int]) -> None:
         super().__init__(daemon=True)
-        self.pid = pid
+        self.pids = pids
         self.phase = "idle"
         self.samples: list[tuple[float, str, int]] = []
         self.stopped = threading.Event()
 
     def run(self) -> None:
         while not self.stopped.is_set():
-            kb = rss_kb(self.pid)
-            if kb is not None:
-                self.samples.append((time.time(), self.phase, kb))
+            sizes = [kb for kb in map(rss_kb, self.pids) if kb is not None]
+            if sizes:
+                self.samples.append((time.time(), self.phase, max(sizes)))
             self.stopped.wait(1.0)
 
 
@@ -158,11 +159,13 @@ class CpuMeter:
 
     HZ = os.sysconf("SC_CLK_TCK")
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    def __init__(self, pids: dict[str, int], consumers: list[int]) -> None:
         self.pids = pids
+        self.consumers = consumers  # all consumer processes together count as "consumer"
 
     def snapshot(self, writers: list[int] | None = None) -> dict[str, int]:
-        snap = {name: cpu_ticks(pid) for name, pid in self.pids.items() if name != "postgres"}
+        snap = {name: cpu_ticks(pid) for name, pid in self.pids.items() if name not in ("postgres", "consumers")}
+        snap["consumer"] = sum(cpu_ticks(pid) for pid in self.consumers)
         if writers:
             snap["writers"] = sum(cpu_ticks(p) for p in writers)
         pg = self.pids.get("postgres")
@@ -207,10 +210,12 @@ class Bench:
 
         start_fresh_stack(self.s)
         st = stack.status(self.s)
+        self.consumers = [st[name] for name in stack.consumer_names(self.s)]
+        self.results["consumer_processes"] = len(self.consumers)
         self.pids = {"consumer": st["consumer"], "kafka": st["kafka"], "postgres": st["postgres"]}
-        self.sampler = Sampler(st["consumer"])
+        self.sampler = Sampler(self.consumers)
         self.sampler.start()
-        self.cpu = CpuMeter(self.pids)
+        self.cpu = CpuMeter({"kafka": st["kafka"], "postgres": st["postgres"]}, self.consumers)
 
     def stop_stack(self) -> None:
         from deploy import stack

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from typing import Any, Protocol
@@ -21,6 +22,7 @@ class Service(Protocol):
 def serve(name: str, factory: Any) -> None:
     """Build the service, start it, mark it ready, and stop it cleanly on SIGTERM/SIGINT."""
     apply_home_flag(sys.argv[1:])
+    name = os.environ.get("RUNLOG_SERVICE", name)  # `runlog up` names each of several consumers
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
     logging.getLogger("faststream").setLevel(logging.WARNING)  # it logs every batch at INFO
     settings = get_settings()

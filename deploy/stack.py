@@ -29,13 +29,35 @@ class Service:
     what: str
 
 
-PYTHON_SERVICES = [
-    Service("consumer", "consumers", "projection consumer"),
+OTHER_SERVICES = [
     Service("watchdog", "consumers.watchdog", "watchdog"),
     Service("notifier", "consumers.notifier", "alert notifier"),
     Service("api", "api", "HTTP API"),
 ]
-ORDER = ["postgres", "kafka", "consumer", "watchdog", "notifier", "api"]
+
+
+def consumer_names(s: Settings) -> list[str]:
+    """``consumer``, ``consumer-2``, ...: the projection consumers (one group, partitions shared).
+
+    The API and the consumers each hold a core's worth of Python at most; several consumers let
+    one fold while another waits on PostgreSQL or Kafka."""
+    if s.consumers > s.events_partitions:
+        raise StackError(f"RUNLOG_CONSUMERS={s.consumers} is more than the {s.events_partitions} partitions of "
+                         f"{s.events_topic}: the extra consumers would sit idle and never become ready.")
+    return ["consumer", *(f"consumer-{i}" for i in range(2, s.consumers + 1))]
+
+
+def python_services(s: Settings) -> list[Service]:
+    return [*(Service(name, "consumers", "projection consumer") for name in consumer_names(s)), *OTHER_SERVICES]
+
+
+def order(s: Settings) -> list[str]:
+    """Every part in start order; consumers left over from a larger RUNLOG_CONSUMERS are included
+    (after the configured ones) so that ``down`` and ``status`` still see them."""
+    consumers = consumer_names(s)
+    extra = sorted((p.stem for p in process.run_dir(s.home).glob("consumer-*.pid") if p.stem not in consumers),
+                   key=lambda name: int(name.rsplit("-", 1)[1]) if name.rsplit("-", 1)[1].isdigit() else 0)
+    return ["postgres", "kafka", *consumers, *extra, "watchdog", "notifier", "api"]
 
 
 def ready_file(s: Settings, name: str):
@@ -52,7 +74,7 @@ def _start_python(s: Settings, svc: Service) -> bool:
     if svc.name == "api":
         process.ensure_port_free(s.api_host, s.api_port, "The API", "RUNLOG_API_URL")
     ready_file(s, svc.name).unlink(missing_ok=True)
-    env = {**os.environ, "RUNLOG_HOME": str(s.home), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "RUNLOG_HOME": str(s.home), "PYTHONUNBUFFERED": "1", "RUNLOG_SERVICE": svc.name}
     argv = [sys.executable, "-m", svc.module, _marker(s)]
     process.spawn(s.home, svc.name, argv, marker=_marker(s), env=env)
     return True
@@ -103,7 +125,7 @@ def up(s: Settings, say: Callable[[str], None] = print) -> None:
     try:
         _up(s, say)
     except BaseException:
-        for name in reversed(ORDER):
+        for name in reversed(order(s)):
             if name not in before:
                 _stop(s, name)
         raise
@@ -121,17 +143,20 @@ def _up(s: Settings, say: Callable[[str], None]) -> None:
     say(f"kafka     {'started' if started else 'running'}  {s.bootstrap_servers}  "
         f"topics {s.events_topic} ({s.events_partitions} partitions), {s.dlq_topic}")
 
-    for svc in PYTHON_SERVICES:
-        started = _start_python(s, svc)
+    services = python_services(s)
+    svc_started: dict[str, bool] = {}
+    for svc in services:  # start all, then wait: the consumers join their group together
+        svc_started[svc.name] = _start_python(s, svc)
+    for svc in services:
         _wait_python(s, svc)
-        where = s.api_url if svc.name == "api" else f"group {s.consumer_group}" if svc.name == "consumer" else ""
-        say(f"{svc.name:<9} {'started' if started else 'running'}  {where}".rstrip())
+        where = s.api_url if svc.name == "api" else f"group {s.consumer_group}" if svc.module == "consumers" else ""
+        say(f"{svc.name:<9} {'started' if svc_started[svc.name] else 'running'}  {where}".rstrip())
     say(f"state and logs in {s.home}")
 
 
 def down(s: Settings, say: Callable[[str], None] = print) -> None:
     """Stop, in reverse order, exactly the processes that ``up`` recorded."""
-    for name in reversed(ORDER):
+    for name in reversed(order(s)):
         say(f"{name:<9} {'stopped' if _stop(s, name) else 'not running'}")
 
 
@@ -148,7 +173,7 @@ def _stop(s: Settings, name: str) -> bool:
 def status(s: Settings) -> dict[str, int | None]:
     """Pid of each part that runs (None for the ones that do not)."""
     result: dict[str, int | None] = {}
-    for name in ORDER:
+    for name in order(s):
         if name == "postgres":
             pid = postgres._postmaster_pid(s)
             result[name] = pid if pid is not None and process.is_alive(pid, postgres.marker(s)) else None

@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     dlq_topic: str = "runlog.events.dlq"
     events_partitions: int = 6
     consumer_group: str = "runlog-projections"
+    # One on a 2-core machine: a second one measured no faster there (both cores were busy) and
+    # its rebalances cost freshness; more cores, more consumers (at most one per partition).
+    consumers: int = Field(default=1, ge=1, le=64, description="projection consumer processes `runlog up` starts, "
+                           "in one consumer group (more than events_partitions would leave some idle)")
     kafka_heap: str = "512m"
 
     # the SDK (producer/)

@@ -31,6 +31,7 @@ def stack_env(home: Path, kafka_port: int) -> dict[str, str]:
         "RUNLOG_KAFKA_CONTROLLER_PORT": str(free_port()),
         "RUNLOG_DATABASE_URL": f"postgresql://runlog@127.0.0.1:{free_port()}/runlog",
         "RUNLOG_API_URL": f"http://127.0.0.1:{free_port()}",
+        "RUNLOG_CONSUMERS": "2",
     }
 
 
@@ -62,14 +63,15 @@ def test_up_twice_is_harmless_and_down_stops_every_process_it_started(tmp_path: 
     assert first.returncode == 0, first.stderr
     run_dir = tmp_path / "home" / "run"
     pids = {p.stem: process.recorded(tmp_path / "home", p.stem) for p in run_dir.glob("*.pid")}
-    assert set(pids) == {"postgres", "kafka", "consumer", "watchdog", "notifier", "api"}
+    # RUNLOG_CONSUMERS=2: two projection consumers in one group.
+    assert set(pids) == {"postgres", "kafka", "consumer", "consumer-2", "watchdog", "notifier", "api"}
     assert all(rec and process.is_alive(rec.pid, rec.marker) for rec in pids.values())
 
     second = subprocess.run([*RUNLOG, "up"], env=env, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0, second.stderr
     assert "started" not in second.stdout  # everything was already running
     status = subprocess.run([*RUNLOG, "status"], env=env, capture_output=True, text=True, timeout=60)
-    assert status.stdout.count("running") == 6
+    assert status.stdout.count("running") == 7
 
     down = subprocess.run([*RUNLOG, "down"], env=env, capture_output=True, text=True, timeout=120)
     assert down.returncode == 0, down.stderr
