@@ -167,18 +167,49 @@ async def _check_sequences(conn: asyncpg.Connection, records: list[Record], resu
     return kept
 
 
-# Recompute every history chunk the staged rows touch from its points (see 0010_history_chunks.sql).
-# Recomputing, not merging, keeps a chunk exact when a point is overwritten (a lower rank, a
-# numeric value replaced by a string); the points just written are in shared buffers.
-CHUNKS_SQL = f"""
+# History points and their chunks (see 0010_history_chunks.sql), in three statements:
+# 1. the upsert of the staged points; what it wrote (inserted, or replaced by a lower or equal
+#    rank) is rolled up per chunk into chunk_stage, with `fresh` = only new points in the chunk
+#    (xmax = 0 marks a row the upsert inserted rather than updated);
+# 2. chunks that only gained points merge their roll-up into the stored one (count adds up,
+#    extremes are the extremes of both): no history is read again;
+# 3. chunks where a point was replaced are recomputed from history, which is exact whatever the
+#    replaced value was (rare: a lower rank overwriting, or a step logged twice).
+HISTORY_SQL = f"""
+WITH written AS (
+    INSERT INTO history (run_pk, key, step, value, value_json, rank)
+    SELECT run_pk, key, step, value, value_json::jsonb, rank FROM history_stage
+    ON CONFLICT (run_pk, key, step) DO UPDATE
+    SET value = EXCLUDED.value, value_json = EXCLUDED.value_json, rank = EXCLUDED.rank
+    WHERE EXCLUDED.rank <= history.rank
+    RETURNING run_pk, key, step, value, xmax = 0 AS fresh
+)
+INSERT INTO chunk_stage
+SELECT run_pk, key, step / {CHUNK_STEPS}, bool_and(fresh), count(value),
+       min(step) FILTER (WHERE value IS NOT NULL), max(step) FILTER (WHERE value IS NOT NULL),
+       min(ARRAY[value, step::float8]) FILTER (WHERE value IS NOT NULL),
+       max(ARRAY[value, -step::float8]) FILTER (WHERE value IS NOT NULL)
+FROM written GROUP BY 1, 2, 3
+"""
+MERGE_CHUNKS_SQL = """
+INSERT INTO history_chunks (run_pk, key, chunk, n, first_step, last_step, lo, hi)
+SELECT run_pk, key, chunk, n, first_step, last_step, lo, hi FROM chunk_stage WHERE fresh
+ON CONFLICT (run_pk, key, chunk) DO UPDATE SET
+    n = history_chunks.n + EXCLUDED.n,
+    first_step = LEAST(history_chunks.first_step, EXCLUDED.first_step),
+    last_step = GREATEST(history_chunks.last_step, EXCLUDED.last_step),
+    lo = LEAST(history_chunks.lo, EXCLUDED.lo), hi = GREATEST(history_chunks.hi, EXCLUDED.hi)
+"""
+RECOMPUTE_CHUNKS_SQL = f"""
 INSERT INTO history_chunks (run_pk, key, chunk, n, first_step, last_step, lo, hi)
 SELECT c.run_pk, c.key, c.chunk, count(h.value), min(h.step) FILTER (WHERE h.value IS NOT NULL),
        max(h.step) FILTER (WHERE h.value IS NOT NULL),
        min(ARRAY[h.value, h.step::float8]) FILTER (WHERE h.value IS NOT NULL),
        max(ARRAY[h.value, -h.step::float8]) FILTER (WHERE h.value IS NOT NULL)
-FROM (SELECT DISTINCT run_pk, key, step / {CHUNK_STEPS} AS chunk FROM history_stage) c
+FROM chunk_stage c
 JOIN history h ON h.run_pk = c.run_pk AND h.key = c.key
               AND h.step >= c.chunk * {CHUNK_STEPS} AND h.step < (c.chunk + 1) * {CHUNK_STEPS}
+WHERE NOT c.fresh
 GROUP BY c.run_pk, c.key, c.chunk
 ON CONFLICT (run_pk, key, chunk) DO UPDATE SET n = EXCLUDED.n, first_step = EXCLUDED.first_step,
     last_step = EXCLUDED.last_step, lo = EXCLUDED.lo, hi = EXCLUDED.hi
@@ -272,14 +303,11 @@ async def _project(conn: asyncpg.Connection, events: list[Event]) -> None:
             (pks[p], k, s, h.value, None if h.value_json is None else dumps(h.value_json).decode(), h.rank)
             for (p, k, s), h in history.items()
         ])
-        await conn.execute(
-            """INSERT INTO history (run_pk, key, step, value, value_json, rank)
-               SELECT run_pk, key, step, value, value_json::jsonb, rank FROM history_stage
-               ON CONFLICT (run_pk, key, step) DO UPDATE
-               SET value = EXCLUDED.value, value_json = EXCLUDED.value_json, rank = EXCLUDED.rank
-               WHERE EXCLUDED.rank <= history.rank"""
-        )
-        await conn.execute(CHUNKS_SQL)
+        await _stage(conn, "chunk_stage", "run_pk bigint, key text, chunk bigint, fresh boolean, n integer, "
+                     "first_step bigint, last_step bigint, lo float8[], hi float8[]")
+        await conn.execute(HISTORY_SQL)
+        await conn.execute(MERGE_CHUNKS_SQL)
+        await conn.execute(RECOMPUTE_CHUNKS_SQL)
     if transitions:
         await conn.executemany(
             """INSERT INTO state_transitions (run_pk, from_state, to_state, accepted, event_time, event_id, actor, reason)
