@@ -255,6 +255,11 @@ class KafkaTransport:
     DRAIN_BATCH = 256  # events the spooler encodes before letting the sender run
     HELP_BATCH = 4  # events send() spools itself when the deque is full
     STOP_WAIT = 2.0  # seconds close() lets in-flight sends finish before stopping the producer
+    # After a wake-up the spooler waits this long before draining, so a training loop logging
+    # hundreds of steps a second pays one wake-up, spool write and send for several events
+    # (a writer at 650 steps/s: 0.23 -> 0.12 of a core). Events are in memory that much longer
+    # before they reach the spool (a SIGKILL loses the last few ms of logs, as the queue could).
+    WAKE_LINGER = 0.005
 
     def __init__(
         self,
@@ -498,6 +503,8 @@ class KafkaTransport:
                     except asyncio.TimeoutError:
                         pass
                 self._idle = False
+                if self.WAKE_LINGER and len(self._queue) < self.DRAIN_BATCH and not self._closing.is_set():
+                    await asyncio.sleep(self.WAKE_LINGER)
         finally:
             if sender is not None:
                 self._stop_sender = True
