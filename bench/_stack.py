@@ -1,4 +1,4 @@
-"""What the benchmarks share: a fresh stack of their own, and the machine's load for the record.
+"""What the benchmarks share: a fresh stack of their own, and the machine's load and speed for the record.
 
 Imported after the benchmark has set its RUNLOG_* variables; runlog code is imported lazily.
 """
@@ -16,6 +16,17 @@ FRESH = ("postgres", "kafka/data", "kafka/cluster.id", "spool", "run")
 
 def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def cpu_probe() -> float:
+    """Seconds for a fixed pure-Python loop (10M additions): how fast this machine's cores are
+    right now. The same code measured up to 2x apart on this (shared, virtual) machine within an
+    hour; results record the probe so that runs can be compared."""
+    t = time.perf_counter()
+    total = 0
+    for i in range(10_000_000):
+        total += i
+    return round(time.perf_counter() - t, 3)
 
 
 def start_fresh_stack(settings: Any, extra: tuple[str, ...] = ()) -> None:

@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _stack import loadavg, start_fresh_stack  # noqa: E402 - bench/ is this script's own folder
+from _stack import cpu_probe, loadavg, start_fresh_stack  # noqa: E402 - bench/ is this script's own folder
 
 BENCH_HOME = Path(os.environ.get("RUNLOG_BENCH_HOME", "/tmp/runlog-bench"))
 BENCH_ENV = {
@@ -198,7 +198,7 @@ class Bench:
         self.args = args
         self.s = get_settings()
         self.results: dict = {"mode": "quick" if args.quick else "full", "started": time.strftime("%F %T"),
-                              "load_before": loadavg(), "cores": os.cpu_count()}
+                              "load_before": loadavg(), "cpu_probe_s_before": cpu_probe(), "cores": os.cpu_count()}
         self.ctx = mp.get_context("spawn")
         self.sampler: Sampler | None = None
         self.cpu: CpuMeter | None = None
@@ -558,6 +558,7 @@ class Bench:
         r["rss"] = self.rss_report()
         r["ratios"] = self.ratios()
         r["load_after"] = loadavg()
+        r["cpu_probe_s_after"] = cpu_probe()
 
     def rss_report(self) -> dict:
         samples = self.sampler.samples  # type: ignore[union-attr]

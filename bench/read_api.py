@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _stack import loadavg, start_fresh_stack  # noqa: E402 - bench/ is this script's own folder
+from _stack import cpu_probe, loadavg, start_fresh_stack  # noqa: E402 - bench/ is this script's own folder
 
 BENCH_HOME = Path(os.environ.get("RUNLOG_BENCH_HOME", "/tmp/runlog-bench-api"))
 PG_PORT, API_PORT, KAFKA_PORT, CONTROLLER_PORT, MLFLOW_PORT = 45432, 48080, 49092, 49093, 45000
@@ -365,7 +365,7 @@ class Bench:
         self.mlflow_runs = args.mlflow_runs if args.mlflow_runs is not None else (1000 if q else 3000)
         self.mlflow_points = args.mlflow_points if args.mlflow_points is not None else (20_000 if q else 200_000)
         self.results: dict = {"mode": "quick" if q else "full", "started": time.strftime("%F %T"),
-                              "load_before": loadavg(), "cores": os.cpu_count(), "reps": self.reps}
+                              "load_before": loadavg(), "cpu_probe_s_before": cpu_probe(), "cores": os.cpu_count(), "reps": self.reps}
         self.api = f"{self.s.api_url}/api/v1"
         self.mlflow: MLflow | None = None
 
@@ -396,9 +396,11 @@ class Bench:
             t_runs = await copy_runs(conn, project, runs)
             t_hist = await copy_history(conn, project + "-hist", hist_run, points) if points else 0.0
             t = time.perf_counter()
-            await conn.execute("ANALYZE runs")
-            await conn.execute("ANALYZE history")
-            await conn.execute("ANALYZE history_chunks")
+            # VACUUM too, as autovacuum would have done on a running system: it sets the visibility
+            # map (index-only counts need it) and it is not left to run during the measurements.
+            await conn.execute("VACUUM ANALYZE runs")
+            await conn.execute("VACUUM ANALYZE history")
+            await conn.execute("VACUUM ANALYZE history_chunks")
             t_an = time.perf_counter() - t
         finally:
             await conn.close()
@@ -550,7 +552,7 @@ class Bench:
         r["load"] = asyncio.run(self.load_runlog("runs10k", runs, "big", points))
         client = httpx.Client(timeout=600, limits=httpx.Limits(max_keepalive_connections=4))
         try:
-            print(f"runlog, {n_runs} runs, {points}-point metric (load {loadavg()})")
+            print(f"runlog, {n_runs} runs, {points}-point metric (load {loadavg()}, cpu probe {cpu_probe()} s)")
             r["runlog"] = self.measure_runlog(client, "runs10k", "runs10k-hist", self.reps, self.scan_repeats)
             r["explain"] = asyncio.run(self.explain_all("runs10k", "runs10k-hist", points))
             r["load_after_runlog"] = loadavg()
@@ -588,6 +590,7 @@ class Bench:
         finally:
             client.close()
         r["load_after"] = loadavg()
+        r["cpu_probe_s_after"] = cpu_probe()
 
     def ratios(self) -> dict:
         r = self.results
