@@ -378,7 +378,7 @@ class Bench:
         out = self.s.home / f"profile-{name}.folded"
         self.results.setdefault("profile_files", []).append(str(out))
         return subprocess.Popen([str(spy), "record", "--pid", str(pid), "--duration",
-                                 str(int(seconds)), "--rate", "200", "--format", "raw", "--output", str(out)],
+                                 str(int(seconds)), "--rate", "200", "--idle", "--format", "raw", "--output", str(out)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     # replay ------------------------------------------------------------------------------------
