@@ -34,7 +34,7 @@ from events import (
 )
 
 from .states import State, check_move
-from .summary import match, merge_definition, recompute, update_stats
+from .summary import accumulate, match, merge_definition, recompute, update_stats
 
 
 @dataclass(frozen=True)
@@ -238,8 +238,11 @@ def fold_logs(state: RunState | None, events: list[RunLog]) -> tuple[RunState | 
         step, rank = event.payload.step, event.source.rank
         for key, value in event.payload.values.items():
             rows.append(_history_row(key, step, value, rank or 0))
-            stats[key] = update_stats(stats.get(key), value, step, rank)
-            keys[key] = None
+            if key in keys:  # this group's own copy already: update it in place
+                accumulate(stats[key], value, step, rank)
+            else:
+                stats[key] = update_stats(stats.get(key), value, step, rank)
+                keys[key] = None
         last = step if last is None else max(last, step)
         updated = event.time
         if live and event.source.kind == "sdk":

@@ -35,32 +35,45 @@ def update_stats(stats: Stats | None, value: Any, step: int = 0, rank: int | Non
     ``last`` is the value at the highest step; at the same step the lowest rank wins (ranks of a
     shared run logging the same key), and at the same step and rank the later event. So the
     summary does not depend on how the ranks' events happened to interleave.
-    This runs once per logged point, so it is written for speed (exact type checks: the wire
-    contract only carries int, float, bool, str, None and lists).
     """
-    neg_rank = -(rank or 0)
     if stats is None:
-        new: Stats = {"first": value, "last": value, "at": [step, neg_rank]}
-    else:
-        new = stats.copy()
-        at = new["at"]
-        if step > at[0] or (step == at[0] and neg_rank >= at[1]):
-            new["last"] = value
-            new["at"] = [step, neg_rank]
+        return {"first": value, "last": value, "at": [step, -(rank or 0)], **_number_stats(value)}
+    new = stats.copy()
+    new["at"] = list(new["at"])
+    accumulate(new, value, step, rank)
+    return new
+
+
+def _number_stats(value: Any) -> Stats:
     kind = type(value)
     if (kind is float or kind is int) and value == value:  # a number, and not NaN
         v = float(value)
-        if "count" in new:
-            if v < new["min"]:
-                new["min"] = v
-            if v > new["max"]:
-                new["max"] = v
-            new["sum"] += v
-            new["count"] += 1
+        return {"min": v, "max": v, "sum": v, "count": 1}
+    return {}
+
+
+def accumulate(stats: Stats, value: Any, step: int, rank: int | None) -> None:
+    """``update_stats`` in place, on a dict the caller owns (``fold_logs`` copies each key's
+    statistics once per group, then accumulates). Runs once per logged point: written for speed
+    (exact type checks: the wire contract only carries int, float, bool, str, None and lists)."""
+    neg_rank = -(rank or 0)
+    at = stats["at"]
+    if step > at[0] or (step == at[0] and neg_rank >= at[1]):
+        stats["last"] = value
+        at[0], at[1] = step, neg_rank
+    kind = type(value)
+    if (kind is float or kind is int) and value == value:  # a number, and not NaN
+        v = float(value)
+        if "count" in stats:
+            if v < stats["min"]:
+                stats["min"] = v
+            if v > stats["max"]:
+                stats["max"] = v
+            stats["sum"] += v
+            stats["count"] += 1
         else:
-            new["min"] = new["max"] = new["sum"] = v
-            new["count"] = 1
-    return new
+            stats["min"] = stats["max"] = stats["sum"] = v
+            stats["count"] = 1
 
 
 def match(definitions: dict[str, Definition], key: str) -> Definition | None:

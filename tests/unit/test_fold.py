@@ -568,7 +568,10 @@ def test_folding_runs_of_logs_at_once_equals_folding_them_one_by_one(events):
             group.append(e)
             continue
         if group:
-            state, more = fold_logs(state, group)
+            before = copy.deepcopy(state)
+            folded, more = fold_logs(state, group)
+            assert state == before  # pure: the input state (and its stats dicts) is never mutated
+            state = folded
             rows += more
             group = []
         if e is not None:
