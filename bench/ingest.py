@@ -480,12 +480,14 @@ class Bench:
             )
             dt = time.perf_counter() - t0
             cpu = CpuMeter.diff(cpu0, self.cpu.snapshot(), dt)  # type: ignore[union-attr]
-            found = re.search(r"(\d+) records sent, ([\d.]+) records/sec", proc.stdout)
+            # The tool prints progress lines in the same form; the last line is the whole run.
+            found = re.findall(r"(\d+) records sent, ([\d.]+) records/sec", proc.stdout)
             if not found:
                 out[label] = {"error": (proc.stdout + proc.stderr)[-500:]}
                 continue
-            rate = float(found.group(2))
-            out[label] = {"messages": int(found.group(1)), "messages_per_s": round(rate),
+            sent, rate_text = found[-1]
+            rate = float(rate_text)
+            out[label] = {"messages": int(sent), "messages_per_s": round(rate),
                           "points_per_s": round(rate * len(KEYS)), "cpu_cores": cpu,
                           "summary": proc.stdout.strip().splitlines()[-1]}
         return out
