@@ -11,6 +11,7 @@ The fold itself is pure (``projections.fold``); this module only loads and write
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, fields
 from typing import Any
@@ -22,6 +23,9 @@ from events.codec import dumps
 from events import Event, RunLog
 from projections.db import CHUNK_STEPS
 from projections.fold import AlertRow, HistoryRow, MetricRow, RunState, TransitionRow, fold, fold_logs
+
+
+log = logging.getLogger("runlog.consumer")
 
 
 @dataclass(frozen=True)
@@ -167,12 +171,15 @@ async def _check_sequences(conn: asyncpg.Connection, records: list[Record], resu
     return kept
 
 
-# History points and their chunks (see 0010_history_chunks.sql), in three statements:
-# 1. the upsert of the staged points; what it wrote (inserted, or replaced by a lower or equal
-#    rank) is rolled up per chunk into chunk_stage, with `fresh` = only new points in the chunk
-#    (xmax = 0 marks a row the upsert inserted rather than updated);
-# 2. chunks that only gained points merge their roll-up into the stored one (count adds up,
-#    extremes are the extremes of both): no history is read again;
+# History points and their chunks (see 0010_history_chunks.sql):
+# 0. points past the run's last step before this batch cannot meet a stored point (every
+#    history row of a run is at or below runs.last_step), so they are COPYed straight into
+#    history (2x the rows/s of the upsert) and rolled up per chunk in Python (_roll_up);
+# 1. the other points are upserted from a staging table; what the upsert wrote (inserted, or
+#    replaced by a lower or equal rank) is rolled up per chunk into chunk_stage, with `fresh` =
+#    only new points (xmax = 0 marks a row the upsert inserted rather than updated);
+# 2. chunks that only gained points merge their roll-ups into the stored one (count adds up,
+#    extremes are the extremes of all): no history is read again;
 # 3. chunks where a point was replaced are recomputed from history, which is exact whatever the
 #    replaced value was (rare: a lower rank overwriting, or a step logged twice).
 HISTORY_SQL = f"""
@@ -193,7 +200,8 @@ FROM written GROUP BY 1, 2, 3
 """
 MERGE_CHUNKS_SQL = """
 INSERT INTO history_chunks (run_pk, key, chunk, n, first_step, last_step, lo, hi)
-SELECT run_pk, key, chunk, n, first_step, last_step, lo, hi FROM chunk_stage WHERE fresh
+SELECT run_pk, key, chunk, sum(n)::integer, min(first_step), max(last_step), min(lo), max(hi)
+FROM chunk_stage GROUP BY run_pk, key, chunk HAVING bool_and(fresh)
 ON CONFLICT (run_pk, key, chunk) DO UPDATE SET
     n = history_chunks.n + EXCLUDED.n,
     first_step = LEAST(history_chunks.first_step, EXCLUDED.first_step),
@@ -206,10 +214,9 @@ SELECT c.run_pk, c.key, c.chunk, count(h.value), min(h.step) FILTER (WHERE h.val
        max(h.step) FILTER (WHERE h.value IS NOT NULL),
        min(ARRAY[h.value, h.step::float8]) FILTER (WHERE h.value IS NOT NULL),
        max(ARRAY[h.value, -h.step::float8]) FILTER (WHERE h.value IS NOT NULL)
-FROM chunk_stage c
+FROM (SELECT DISTINCT run_pk, key, chunk FROM chunk_stage WHERE NOT fresh) c
 JOIN history h ON h.run_pk = c.run_pk AND h.key = c.key
               AND h.step >= c.chunk * {CHUNK_STEPS} AND h.step < (c.chunk + 1) * {CHUNK_STEPS}
-WHERE NOT c.fresh
 GROUP BY c.run_pk, c.key, c.chunk
 ON CONFLICT (run_pk, key, chunk) DO UPDATE SET n = EXCLUDED.n, first_step = EXCLUDED.first_step,
     last_step = EXCLUDED.last_step, lo = EXCLUDED.lo, hi = EXCLUDED.hi
@@ -257,6 +264,7 @@ async def _project(conn: asyncpg.Connection, events: list[Event]) -> None:
         path = f"{st.entity}/{st.project}/{st.run_id}"
         states[path], pks[path] = st, row["pk"]
 
+    before_last = {path: st.last_step for path, st in states.items() if st is not None}
     history: dict[tuple[str, str, int], HistoryRow] = {}
     transitions: list[tuple[str, TransitionRow]] = []
     definitions: dict[tuple[str, str], MetricRow] = {}
@@ -295,19 +303,7 @@ async def _project(conn: asyncpg.Connection, events: list[Event]) -> None:
         pks[path] = pk
 
     if history:
-        # COPY (binary, encoded in asyncpg's C code) into a per-connection staging table, then one
-        # set-based upsert: several times faster than unnest() arrays encoded value by value.
-        await _stage(conn, "history_stage",
-                     "run_pk bigint, key text, step bigint, value float8, value_json text, rank integer")
-        await conn.copy_records_to_table("history_stage", records=[
-            (pks[p], k, s, h.value, None if h.value_json is None else dumps(h.value_json).decode(), h.rank)
-            for (p, k, s), h in history.items()
-        ])
-        await _stage(conn, "chunk_stage", "run_pk bigint, key text, chunk bigint, fresh boolean, n integer, "
-                     "first_step bigint, last_step bigint, lo float8[], hi float8[]")
-        await conn.execute(HISTORY_SQL)
-        await conn.execute(MERGE_CHUNKS_SQL)
-        await conn.execute(RECOMPUTE_CHUNKS_SQL)
+        await _write_history(conn, history, pks, before_last)
     if transitions:
         await conn.executemany(
             """INSERT INTO state_transitions (run_pk, from_state, to_state, accepted, event_time, event_id, actor, reason)
@@ -330,3 +326,66 @@ async def _project(conn: asyncpg.Connection, events: list[Event]) -> None:
             [(pks[p], a.title, a.text, a.level, a.wait_duration, a.event_time, a.event_id, a.actor,
               a.suppressed, a.reason) for p, a in alerts],
         )
+
+
+async def _write_history(conn: asyncpg.Connection, history: dict[tuple[str, str, int], HistoryRow],
+                         pks: dict[str, int], before_last: dict[str, int | None]) -> None:
+    """Write the batch's history points and keep their chunks (see HISTORY_SQL's comment)."""
+    appended: list[tuple[Any, ...]] = []
+    staged: list[tuple[Any, ...]] = []
+    rollup: dict[tuple[int, str, int], list[Any]] = {}
+    for (path, key, step), h in history.items():
+        last = before_last.get(path)
+        if h.value_json is None and (last is None or step > last):
+            appended.append((pks[path], key, step, h.value, h.rank))
+        else:
+            staged.append((pks[path], key, step, h.value,
+                           None if h.value_json is None else dumps(h.value_json).decode(), h.rank))
+    await _stage(conn, "chunk_stage", "run_pk bigint, key text, chunk bigint, fresh boolean, n integer, "
+                 "first_step bigint, last_step bigint, lo float8[], hi float8[]")
+    if appended:
+        try:
+            async with conn.transaction():  # a savepoint: a broken invariant falls back to the upsert
+                await conn.copy_records_to_table("history", records=appended,
+                                                  columns=["run_pk", "key", "step", "value", "rank"])
+        except asyncpg.UniqueViolationError:
+            log.warning("history already held points past runs.last_step; upserting this batch's points")
+            staged += [(pk, key, step, value, None, rank) for pk, key, step, value, rank in appended]
+            appended = []
+    if appended:
+        await conn.copy_records_to_table("chunk_stage", records=_roll_up(appended))
+    if staged:
+        # COPY (binary, encoded in asyncpg's C code) into a per-connection staging table, then one
+        # set-based upsert: several times faster than unnest() arrays encoded value by value.
+        await _stage(conn, "history_stage",
+                     "run_pk bigint, key text, step bigint, value float8, value_json text, rank integer")
+        await conn.copy_records_to_table("history_stage", records=staged)
+        await conn.execute(HISTORY_SQL)
+    await conn.execute(MERGE_CHUNKS_SQL)
+    await conn.execute(RECOMPUTE_CHUNKS_SQL)
+
+
+def _roll_up(points: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """chunk_stage rows (all fresh) for new points ``(run_pk, key, step, value, rank)``, with
+    PostgreSQL's float8 order (-inf lowest, NaN highest and equal to NaN) and its tie rule (the
+    lowest step), so they merge exactly like the SQL roll-up of the upsert path."""
+    chunks: dict[tuple[int, str, int], list[Any]] = {}
+    for pk, key, step, value, _rank in points:
+        if value is None:
+            continue
+        order = (1, 0.0) if value != value else (0, value)
+        c = chunks.get((pk, key, step // CHUNK_STEPS))
+        if c is None:  # [n, first, last, lo order, lo step, lo value, hi order, hi step, hi value]
+            chunks[(pk, key, step // CHUNK_STEPS)] = [1, step, step, order, step, value, order, step, value]
+            continue
+        c[0] += 1
+        if step < c[1]:
+            c[1] = step
+        if step > c[2]:
+            c[2] = step
+        if order < c[3] or (order == c[3] and step < c[4]):
+            c[3], c[4], c[5] = order, step, value
+        if order > c[6] or (order == c[6] and step < c[7]):
+            c[6], c[7], c[8] = order, step, value
+    return [(pk, key, chunk, True, c[0], c[1], c[2], [c[5], float(c[4])], [c[8], float(-c[7])])
+            for (pk, key, chunk), c in chunks.items()]

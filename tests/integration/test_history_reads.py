@@ -21,6 +21,7 @@ from events.values import untag_nonfinite
 from projections.db import CHUNK_STEPS
 
 from .helpers import Scoped
+from .test_replay import chunks_match_history
 
 pytestmark = pytest.mark.integration
 
@@ -133,3 +134,23 @@ async def test_scan_pages_cover_every_step_once_across_keys_with_different_steps
     for keys, max_step, page_size in [(None, None, 700), (None, 2_700, 333), (["a", "b"], None, 500),
                                       (["c"], None, 64), (["b", "c"], 2_999, 1000), (["a"], None, 10_000)]:
         assert plain(await scan(keys, max_step, page_size)) == truth(keys, max_step), (keys, max_step, page_size)
+
+
+async def test_points_past_the_last_step_are_appended_and_a_broken_invariant_falls_back_to_the_upsert(
+        scoped: Scoped, caplog: pytest.LogCaptureFixture) -> None:
+    pk = await load(scoped.conn, {"loss": {s: float(s) for s in range(150)}})
+    assert await chunks_match_history(scoped.conn)
+    # A point stored beyond runs.last_step (by hand: the consumer never writes one) would make the
+    # COPY of "new" points collide; the batch must still apply, through the upsert.
+    await scoped.conn.execute("INSERT INTO history (run_pk, key, step, value, rank) VALUES ($1, 'loss', 160, -1.0, 0)", pk)
+    run = RunRef(entity="e", project="p", run_id="r")
+    src = Source(kind="sdk", writer="w", rank=0)
+    events = [RunLog(run=run, source=src, seq=151 + i, time=T0, payload=LogPayload(step=150 + i, values={"loss": 7.0}))
+              for i in range(20)]
+    offset = await scoped.conn.fetchval("SELECT next_offset FROM consumer_offsets WHERE group_id = 'g'")
+    records = [Record(0, offset + i, e, encode(e)) for i, e in enumerate(events)]
+    await apply_batch(scoped.conn, "g", "t", records, {0: offset + len(records)})
+    values = dict(await scoped.conn.fetch("SELECT step, value FROM history WHERE run_pk = $1 AND step >= 150", pk))
+    assert values == {s: 7.0 for s in range(150, 170)}  # the stray point was overwritten, none lost
+    assert "past runs.last_step" in caplog.text  # the COPY collided and the upsert took over
+    assert await chunks_match_history(scoped.conn)
