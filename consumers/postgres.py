@@ -387,5 +387,6 @@ def _roll_up(points: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
             c[3], c[4], c[5] = order, step, value
         if order > c[6] or (order == c[6] and step < c[7]):
             c[6], c[7], c[8] = order, step, value
-    return [(pk, key, chunk, True, c[0], c[1], c[2], [c[5], float(c[4])], [c[8], float(-c[7])])
+    # -float(step), as SQL's -step::float8: step 0 gives -0.0 there, and the stored arrays match.
+    return [(pk, key, chunk, True, c[0], c[1], c[2], [c[5], float(c[4])], [c[8], -float(c[7])])
             for (pk, key, chunk), c in chunks.items()]
