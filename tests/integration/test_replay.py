@@ -152,7 +152,7 @@ def deliveries(draw: st.DrawFn) -> list[tuple[list[Record], dict[int, int]]]:
     return batches
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow, HealthCheck.data_too_large,
                                                                  HealthCheck.large_base_example])
 @given(stream=deliveries())
