@@ -387,8 +387,10 @@ class Bench:
         import asyncpg
 
         from consumers.replay import replay
+        from events.settings import tune_service_gc
         from projections.db import init_connection
 
+        tune_service_gc()  # as `runlog replay` does
         conn = await asyncpg.connect(self.s.database_url)
         await init_connection(conn)
         events = await conn.fetchval("SELECT count(*) FROM event_store")

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import uvloop
 
-from events.settings import Settings, apply_home_flag, get_settings
+from events.settings import Settings, apply_home_flag, get_settings, tune_service_gc
 
 
 class Service(Protocol):
@@ -28,6 +28,7 @@ def serve(name: str, factory: Any) -> None:
     settings = get_settings()
     ready = settings.home / "run" / f"{name}.ready"
     ready.parent.mkdir(parents=True, exist_ok=True)
+    tune_service_gc()
     uvloop.run(_run(factory(settings, ready)))  # asyncio on libuv: less CPU per Kafka fetch and query
 
 

@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from events.settings import get_settings
+from events.settings import get_settings, tune_service_gc
 
 from .process import StackError
 
@@ -202,6 +202,7 @@ def replay(from_kafka: bool) -> None:
     from consumers.replay import replay as run_replay
 
     s = get_settings()
+    tune_service_gc()  # a long Python fold, like the consumer's
 
     async def go(conn):  # type: ignore[no-untyped-def]
         with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),

@@ -99,6 +99,20 @@ def apply_home_flag(argv: list[str]) -> None:
             os.environ["RUNLOG_HOME"] = arg[len(HOME_FLAG):]
 
 
+def tune_service_gc() -> None:
+    """For the long-running services only (consumer, watchdog, notifier, API), never the SDK.
+
+    Python's cyclic GC runs a young collection every 700 container allocations; a consumer batch
+    allocates hundreds of thousands (rows, dicts) that reference counting frees anyway, and the
+    collections cost ~20 % of the consumer's time (isolated apply of 10k events: 74-79k ->
+    96-98k points/s with this). Objects alive after start-up are frozen out of every collection.
+    """
+    import gc
+
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
+
+
 def get_settings() -> Settings:
     """Settings as the environment says now (not cached: tests change the environment)."""
     return Settings()

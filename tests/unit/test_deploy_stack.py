@@ -32,3 +32,18 @@ def test_a_consumer_left_from_a_larger_setting_is_still_stopped_by_down(tmp_path
 def test_more_consumers_than_partitions_is_refused_in_one_sentence(tmp_path: Path) -> None:
     with pytest.raises(process.StackError, match="more than the 6 partitions"):
         stack.consumer_names(settings(tmp_path, consumers=7, events_partitions=6))
+
+
+def test_service_gc_tuning_freezes_start_up_objects_and_raises_the_young_threshold() -> None:
+    import gc
+
+    from events.settings import tune_service_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_service_gc()
+        assert gc.get_threshold() == (100_000, 50, 100)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
