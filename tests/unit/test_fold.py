@@ -394,12 +394,13 @@ PAYLOADS = st.one_of(
 
 
 @st.composite
-def event_lists(draw, max_size=25):
-    specs = draw(st.lists(st.tuples(PAYLOADS, KIND, st.integers(0, 3)), max_size=max_size))
+def event_lists(draw, max_size=25, payloads=PAYLOADS, ranks=2, skew=0):
+    """Events of RUN from two writers; ``skew`` moves every other writer's clock back (late events)."""
+    specs = draw(st.lists(st.tuples(payloads, KIND, st.integers(0, 3)), max_size=max_size))
     events = []
     for i, ((cls, payload), kind, secs) in enumerate(specs):
-        args = dict(id=uuid.UUID(int=i + 1), run=RUN, source=Source(kind=kind, writer=f"w{i % 2}", rank=i % 2),
-                    seq=i, time=T0 + timedelta(seconds=secs * i))
+        args = dict(id=uuid.UUID(int=i + 1), run=RUN, source=Source(kind=kind, writer=f"w{i % 2}", rank=i % ranks),
+                    seq=i, time=T0 + timedelta(seconds=secs * i - skew * (i % 2)))
         if payload is not None:
             args["payload"] = payload
         events.append(cls(**args))
@@ -545,21 +546,8 @@ LOG_HEAVY = st.one_of(
 )
 
 
-@st.composite
-def log_heavy_lists(draw, max_size=30):
-    specs = draw(st.lists(st.tuples(LOG_HEAVY, KIND, st.integers(0, 3)), max_size=max_size))
-    events = []
-    for i, ((cls, payload), kind, secs) in enumerate(specs):
-        args = dict(id=uuid.UUID(int=i + 1), run=RUN, source=Source(kind=kind, writer=f"w{i % 2}", rank=i % 3),
-                    seq=i, time=T0 + timedelta(seconds=secs * i - 3 * (i % 2)))
-        if payload is not None:
-            args["payload"] = payload
-        events.append(cls(**args))
-    return events
-
-
 @PROPS
-@given(log_heavy_lists())
+@given(event_lists(max_size=30, payloads=LOG_HEAVY, ranks=3, skew=3))
 def test_folding_runs_of_logs_at_once_equals_folding_them_one_by_one(events):
     expected_state, expected_rows = fold_all(events)
     state, rows, group = None, [], []
