@@ -224,6 +224,9 @@ ON CONFLICT (run_pk, key, chunk) DO UPDATE SET n = EXCLUDED.n, first_step = EXCL
 
 RUN_COLUMNS = [f.name for f in fields(RunState)]
 DB_COLUMNS = ["run_group" if c == "group" else c for c in RUN_COLUMNS]
+UPSERT_RUN_SQL = f"""INSERT INTO runs ({', '.join(DB_COLUMNS)})
+    VALUES ({', '.join(f'${i + 1}' for i in range(len(DB_COLUMNS)))})
+    ON CONFLICT (entity, project, run_id) DO UPDATE SET {', '.join(f'{d} = EXCLUDED.{d}' for d in DB_COLUMNS[3:])}"""
 
 
 def _runs_of_logs(events: list[Event]) -> list[tuple[str, list[Event]]]:
@@ -286,6 +289,7 @@ async def _project(conn: asyncpg.Connection, events: list[Event]) -> None:
             else:
                 alerts.append((path, row))
 
+    known: list[list[Any]] = []  # runs with a pk already: one pipelined executemany
     for path, st in states.items():
         if st is None:
             continue
@@ -293,14 +297,12 @@ async def _project(conn: asyncpg.Connection, events: list[Event]) -> None:
         values[RUN_COLUMNS.index("tags")] = list(st.tags)
         values[RUN_COLUMNS.index("overrides")] = list(st.overrides)
         values[RUN_COLUMNS.index("open_writers")] = list(st.open_writers)
-        pk = await conn.fetchval(
-            f"""INSERT INTO runs ({', '.join(DB_COLUMNS)}) VALUES ({', '.join(f'${i + 1}' for i in range(len(DB_COLUMNS)))})
-                ON CONFLICT (entity, project, run_id) DO UPDATE SET
-                {', '.join(f'{d} = EXCLUDED.{d}' for d in DB_COLUMNS[3:])}
-                RETURNING pk""",
-            *values,
-        )
-        pks[path] = pk
+        if path in pks:
+            known.append(values)
+        else:  # a new run: its pk is needed for its rows
+            pks[path] = await conn.fetchval(UPSERT_RUN_SQL + " RETURNING pk", *values)
+    if known:
+        await conn.executemany(UPSERT_RUN_SQL, known)
 
     if history:
         await _write_history(conn, history, pks, before_last)
@@ -362,7 +364,8 @@ async def _write_history(conn: asyncpg.Connection, history: dict[tuple[str, str,
         await conn.copy_records_to_table("history_stage", records=staged)
         await conn.execute(HISTORY_SQL)
     await conn.execute(MERGE_CHUNKS_SQL)
-    await conn.execute(RECOMPUTE_CHUNKS_SQL)
+    if staged:  # only the upsert can replace a point (appended points are all new)
+        await conn.execute(RECOMPUTE_CHUNKS_SQL)
 
 
 def _roll_up(points: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
