@@ -207,15 +207,8 @@ def _writer_of(event: Event) -> tuple[str, ...]:
 def _(event: RunLog, state: RunState | None) -> tuple[RunState | None, list[Row]]:
     assert state is not None
     state, rows = _revive(state, event)
-    step = event.payload.step
-    stats = dict(state.stats)
-    for key, value in event.payload.values.items():
-        rows.append(_history_row(key, step, value, event.source.rank or 0))
-        stats[key] = update_stats(stats.get(key), value, step, event.source.rank)
-    last = step if state.last_step is None else max(state.last_step, step)
-    summary = recompute(state.summary, list(event.payload.values), state.metrics, stats, state.overrides)
-    summary["_step"] = last
-    return replace(state, summary=summary, stats=stats, last_step=last, updated_at=event.time), rows
+    state, points = _absorb_logs(state, [event])
+    return state, rows + points
 
 
 def fold_logs(state: RunState | None, events: list[RunLog]) -> tuple[RunState | None, list[Row]]:
@@ -229,28 +222,35 @@ def fold_logs(state: RunState | None, events: list[RunLog]) -> tuple[RunState | 
             state, more = fold(state, event)
             rows += more
         return state, rows
+    new, rows = _absorb_logs(state, events)
+    if state.state in ("running", "preempting"):  # runtime grows only while the run is live (_runtime)
+        runtime = max([state.runtime, *((e.time - state.created_at).total_seconds()
+                                         for e in events if e.source.kind == "sdk")])
+        new = replace(new, runtime=runtime)
+    return new, rows
+
+
+def _absorb_logs(state: RunState, events: list[RunLog]) -> tuple[RunState, list[Row]]:
+    """The history rows, statistics, summary and last step of ``events`` (logs of one run, in
+    order; no state move). Each key's statistics are copied once and then updated in place, and
+    the summary is recomputed once: a key's entry depends only on its final statistics."""
     stats = dict(state.stats)
     keys: dict[str, None] = {}  # touched keys, in first-touch order
-    rows = []
-    last, updated, runtime = state.last_step, state.updated_at, state.runtime
-    live = state.state in ("running", "preempting")  # runtime grows only while the run is live
+    rows: list[Row] = []
+    last = state.last_step
     for event in events:
         step, rank = event.payload.step, event.source.rank
         for key, value in event.payload.values.items():
             rows.append(_history_row(key, step, value, rank or 0))
-            if key in keys:  # this group's own copy already: update it in place
+            if key in keys:  # this call's own copy already: update it in place
                 accumulate(stats[key], value, step, rank)
             else:
                 stats[key] = update_stats(stats.get(key), value, step, rank)
                 keys[key] = None
         last = step if last is None else max(last, step)
-        updated = event.time
-        if live and event.source.kind == "sdk":
-            runtime = max(runtime, (event.time - state.created_at).total_seconds())
-    # A key's summary entry depends only on its final statistics, so one recomputation suffices.
     summary = recompute(state.summary, list(keys), state.metrics, stats, state.overrides)
     summary["_step"] = last
-    return replace(state, summary=summary, stats=stats, last_step=last, updated_at=updated, runtime=runtime), rows
+    return replace(state, summary=summary, stats=stats, last_step=last, updated_at=events[-1].time), rows
 
 
 _tuple_new = tuple.__new__
