@@ -64,6 +64,8 @@ class RestoreOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
 def split_partitions(raw: list[ConsumerRecord[bytes, bytes]], groups: int) -> list[list[ConsumerRecord[bytes, bytes]]]:
     """The records cut into at most ``groups`` lists of whole partitions with about as many
     records each (largest partition first into the smallest group); order within a partition kept."""
+    if groups <= 1 or not raw:
+        return [raw] if raw else []
     by_partition: dict[int, list[ConsumerRecord[bytes, bytes]]] = {}
     for rec in raw:
         by_partition.setdefault(rec.partition, []).append(rec)
