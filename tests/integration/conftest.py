@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from deploy import stack
 from events.settings import Settings, get_settings
@@ -44,6 +45,15 @@ async def pool(local_stack: Settings) -> AsyncIterator[asyncpg.Pool]:
     pool = await create_pool(local_stack.database_url, max_size=4)
     yield pool
     await pool.close()
+
+
+@pytest.fixture
+async def kafka_producer(local_stack: Settings) -> AsyncIterator[AIOKafkaProducer]:
+    """A producer to the stack's Kafka with acks=all, for tests that publish events themselves."""
+    producer = AIOKafkaProducer(bootstrap_servers=local_stack.bootstrap_servers, acks="all")
+    await producer.start()
+    yield producer
+    await producer.stop()
 
 
 @pytest.fixture

@@ -8,9 +8,16 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
+
+from events import Event, encode
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaProducer
+
+    from events.settings import Settings
 
 T = TypeVar("T")
 
@@ -46,6 +53,12 @@ async def eventually_async(check: Callable[[], Awaitable[Any]], timeout: float =
             return value
         await asyncio.sleep(0.1)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+async def send(producer: AIOKafkaProducer, settings: Settings, *events: Event) -> None:
+    """Publish ``events`` to the stack's events topic, keyed by run, each acknowledged (acks=all)."""
+    for event in events:
+        await producer.send_and_wait(settings.events_topic, encode(event), key=event.key)
 
 
 async def create_topic(bootstrap_servers: str, partitions: int) -> str:

@@ -28,14 +28,14 @@ from hypothesis import strategies as st
 
 import producer
 from api.app import create_app
-from events import RunDelete, RunRef, RunStateChange, Source, StateChangePayload, encode
+from events import RunDelete, RunRef, RunStateChange, Source, StateChangePayload
 from events.ids import new_writer_id
 from events.settings import Settings
 from events.values import tag_nonfinite, untag_nonfinite
 from producer.public import ProjectNotFound, RunNotFound
 
 from ..unit.test_api_filters import trees
-from .helpers import eventually
+from .helpers import eventually, send
 
 pytestmark = pytest.mark.integration
 ENTITY = "tester"
@@ -81,8 +81,7 @@ def send_events(settings: Settings, events: list) -> None:
         kafka = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
         await kafka.start()
         try:
-            for event in events:
-                await kafka.send_and_wait(settings.events_topic, encode(event), key=event.key)
+            await send(kafka, settings, *events)
         finally:
             await kafka.stop()
 

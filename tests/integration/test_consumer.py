@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -15,17 +14,9 @@ from events.ids import new_writer_id
 from events.settings import Settings
 from projections.migrate import migrate
 
-from .helpers import eventually_async
+from .helpers import eventually_async, send
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def kafka_producer(local_stack: Settings) -> AsyncIterator[AIOKafkaProducer]:
-    producer = AIOKafkaProducer(bootstrap_servers=local_stack.bootstrap_servers, acks="all")
-    await producer.start()
-    yield producer
-    await producer.stop()
 
 
 def run_events(project: str, steps: int = 3) -> list:
@@ -49,8 +40,7 @@ async def test_undecodable_and_invalid_events_go_to_the_dead_letter_topic_with_r
     good = run_events(project)
     await kafka_producer.send_and_wait(local_stack.events_topic, garbage, key=good[0].key)
     await kafka_producer.send_and_wait(local_stack.events_topic, unknown, key=good[0].key)
-    for event in good:  # the consumer keeps going after bad records
-        await kafka_producer.send_and_wait(local_stack.events_topic, encode(event), key=event.key)
+    await send(kafka_producer, local_stack, *good)  # the consumer keeps going after bad records
 
     row = await eventually_async(lambda: _finished(pool, project))
     assert row["state"] == "finished"
@@ -84,8 +74,7 @@ async def _finished(pool: asyncpg.Pool, project: str) -> asyncpg.Record | None:
 async def test_a_resent_event_is_applied_once(local_stack: Settings, kafka_producer: AIOKafkaProducer,
                                                pool: asyncpg.Pool, project: str) -> None:
     events = run_events(project, steps=3)
-    for event in events[:-1] + events[1:3] + events[-1:]:  # two logs sent twice (same ids)
-        await kafka_producer.send_and_wait(local_stack.events_topic, encode(event), key=event.key)
+    await send(kafka_producer, local_stack, *events[:-1], *events[1:3], *events[-1:])  # two logs sent twice
     row = await eventually_async(lambda: _finished(pool, project))
     assert await pool.fetchval("SELECT count(*) FROM event_store WHERE run_path = $1", events[0].run.path) == 5
     assert await pool.fetchval("SELECT count(*) FROM history WHERE run_pk = $1", row["pk"]) == 3

@@ -17,10 +17,10 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from events import AlertPayload, InitPayload, RunAlert, RunInit, RunRef, Source, encode, utcnow
+from events import AlertPayload, InitPayload, RunAlert, RunInit, RunRef, Source, utcnow
 from events.settings import Settings
 
-from .helpers import eventually_async
+from .helpers import eventually_async, send
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +54,8 @@ def receiver() -> Iterator[tuple[str, type[Receiver]]]:
 
 
 async def test_alert_is_retried_until_delivered_and_suppressed_ones_are_not_sent(
-        local_stack: Settings, pool: asyncpg.Pool, project: str, receiver: tuple[str, type[Receiver]]) -> None:
+        local_stack: Settings, pool: asyncpg.Pool, project: str, receiver: tuple[str, type[Receiver]],
+        kafka_producer: AIOKafkaProducer) -> None:
     url, handler = receiver
     hook = await pool.fetchval("INSERT INTO webhooks (entity, project, url, created_at) "
                                "VALUES ('tester', $1, $2, now() - interval '1 hour') RETURNING id", project, url)
@@ -66,13 +67,7 @@ async def test_alert_is_retried_until_delivered_and_suppressed_ones_are_not_sent
                   title="loss diverged", text="NaN at step 7", level="ERROR", wait_duration=600.0)),
               RunAlert(run=run, source=src, seq=2, time=now + timedelta(seconds=5), payload=AlertPayload(
                   title="loss diverged", text="again", level="ERROR", wait_duration=600.0))]
-    producer = AIOKafkaProducer(bootstrap_servers=local_stack.bootstrap_servers, acks="all")
-    await producer.start()
-    try:
-        for e in events:
-            await producer.send_and_wait(local_stack.events_topic, encode(e), key=e.key)
-    finally:
-        await producer.stop()
+    await send(kafka_producer, local_stack, *events)
 
     async def two_alerts() -> bool:
         return bool(await pool.fetchval("SELECT count(*) FROM alerts a JOIN runs r ON r.pk = a.run_pk "

@@ -9,7 +9,6 @@ first, its copy would carry the same id and seq, and the tests' "exactly one" wo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,11 +17,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from consumers.watchdog import Watchdog
-from events import Event, InitPayload, RunInit, RunPreempting, RunRef, Source, encode, utcnow
+from events import Event, InitPayload, RunInit, RunPreempting, RunRef, Source, utcnow
 from events.ids import new_writer_id
 from events.settings import Settings
 
-from .helpers import eventually_async
+from .helpers import eventually_async, send
 
 pytestmark = pytest.mark.integration
 
@@ -30,21 +29,8 @@ TIMEOUT = 120.0
 AGE = 240.0
 
 
-@pytest.fixture
-async def kafka_producer(local_stack: Settings) -> AsyncIterator[AIOKafkaProducer]:
-    producer = AIOKafkaProducer(bootstrap_servers=local_stack.bootstrap_servers, acks="all")
-    await producer.start()
-    yield producer
-    await producer.stop()
-
-
 def dog_settings() -> Settings:
     return Settings(crash_timeout=TIMEOUT, watchdog_interval=0.2)
-
-
-async def send(producer: AIOKafkaProducer, settings: Settings, *events: Event) -> None:
-    for event in events:
-        await producer.send_and_wait(settings.events_topic, encode(event), key=event.key)
 
 
 async def start_old_run(producer: AIOKafkaProducer, settings: Settings, pool: asyncpg.Pool, project: str,
