@@ -211,26 +211,26 @@ class Api:
             raise CommError(f"the server answered with something that is not JSON: {raw[:80]!r}", url=url) from None
 
     def _split_project(self, path: str | None) -> tuple[str, str]:
-        parts = [p for p in (path or "").strip("/").split("/") if p]
-        if len(parts) == 1:
-            if not self.default_entity:
-                raise ValueError(f"project path {path!r} has no entity and no default entity is set (RUNLOG_ENTITY)")
-            parts = [self.default_entity, *parts]
-        if len(parts) != 2:
-            raise ValueError(f"project path must look like 'entity/project', got {path!r}")
-        return parts[0], parts[1]
+        entity, project = self._parts(path, "project", "entity/project")
+        return entity, project
 
     def _split(self, path: str) -> tuple[str, str, str]:
-        parts = [p for p in path.strip("/").split("/") if p]
-        if len(parts) == 4 and parts[2] == "runs":  # W&B's "entity/project/runs/id" form
+        entity, project, run_id = self._parts(path, "run", "entity/project/run_id")
+        return entity, project, run_id
+
+    def _parts(self, path: str | None, what: str, form: str) -> list[str]:
+        """``path`` cut into the parts ``form`` names; without the entity, the default one."""
+        parts = [p for p in (path or "").strip("/").split("/") if p]
+        size = form.count("/") + 1
+        if what == "run" and len(parts) == 4 and parts[2] == "runs":  # W&B's "entity/project/runs/id" form
             parts = [parts[0], parts[1], parts[3]]
-        if len(parts) == 2:
+        if len(parts) == size - 1:
             if not self.default_entity:
-                raise ValueError(f"run path {path!r} has no entity and no default entity is set (RUNLOG_ENTITY)")
+                raise ValueError(f"{what} path {path!r} has no entity and no default entity is set (RUNLOG_ENTITY)")
             parts = [self.default_entity, *parts]
-        if len(parts) != 3:
-            raise ValueError(f"run path must look like 'entity/project/run_id', got {path!r}")
-        return parts[0], parts[1], parts[2]
+        if len(parts) != size:
+            raise ValueError(f"{what} path must look like '{form}', got {path!r}")
+        return parts
 
     def __repr__(self) -> str:
         return f"<Api {self.base_url}>"
