@@ -367,6 +367,14 @@ class Bench:
         res = {"points": len(delays), "p50_ms": round(pct(delays, 50) * 1000, 1),
                "p90_ms": round(pct(delays, 90) * 1000, 1), "p99_ms": round(pct(delays, 99) * 1000, 1),
                "max_ms": round(max(delays) * 1000, 1), "poll_interval_ms": POLL * 1000}
+        # Where the time goes: log() (the event's time) -> the consumer's transaction for it starts
+        # (event_store.recorded_at is now() of that transaction) -> the bench's poll sees it.
+        ev = await conn.fetch(
+            """SELECT extract(epoch FROM recorded_at - event_time)::float8 AS to_batch
+               FROM event_store WHERE run_path LIKE $1 AND type = 'run.log'""", f"bench/{project}/%")
+        to_batch = [r["to_batch"] for r in ev]
+        if to_batch:
+            res["log_to_batch_start_ms"] = {f"p{q}": round(pct(to_batch, q) * 1000, 1) for q in (50, 90, 99)}
         print("freshness", json.dumps(res))
         return res
 
@@ -546,6 +554,10 @@ class Bench:
         # per phase about the same number of points, split over the writers
         total_steps = 20_000 if q else 100_000
         r["ingest"] = []
+        if self.args.half_only:  # just the freshness phase, at a given total rate
+            half_steps = self.args.half_only / len(KEYS) / 4
+            r["half_load"] = await self.run_writers("half4", 4, int(half_steps * (10 if q else 45)), rate=half_steps)
+            return
         for n in (1, 4, 16):
             prof = 20 if (self.args.profile and n == 4) else 0
             r["ingest"].append(await self.run_writers(f"ingest{n}", n, total_steps // n, profile_seconds=prof))
@@ -593,6 +605,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller phases, under 2 minutes")
     ap.add_argument("--profile", action="store_true", help="py-spy the consumer for 20 s of the 4-writer run")
+    ap.add_argument("--half-only", type=float, default=None, metavar="POINTS_PER_S",
+                    help="run only the freshness phase (4 paced writers) at this total rate")
     ap.add_argument("--keep", action="store_true", help="leave the bench stack running")
     ap.add_argument("--json", default=None, help="write all results to this file")
     args = ap.parse_args()
