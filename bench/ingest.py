@@ -117,6 +117,15 @@ def cpu_ticks(pid: int) -> int:
         return 0
 
 
+def child_ticks(pid: int) -> int:
+    """CPU ticks of the children ``pid`` has waited for (the replay's worker processes)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[13]) + int(fields[14])  # cutime + cstime
+    except (OSError, IndexError):
+        return 0
+
+
 def children_of(ppid: int) -> list[int]:
     out = []
     for d in Path("/proc").iterdir():
@@ -404,15 +413,19 @@ class Bench:
         events = await conn.fetchval("SELECT count(*) FROM event_store")
         self.sampler.phase = "replay"  # type: ignore[union-attr]
         cpu0, c0 = self.cpu.snapshot(), time.time()  # type: ignore[union-attr]
-        prof = self.start_profile("replay", os.getpid(), 20) if self.args.profile else None
-        r = await replay(conn)
+        workers = self.args.replay_workers or os.cpu_count() or 1  # as `runlog replay` does
+        prof = self.start_profile("replay", os.getpid(), 20) if self.args.profile and workers == 1 else None
+        w0 = child_ticks(os.getpid())
+        r = await replay(conn, workers=workers, dsn=self.s.database_url)
         if prof is not None:
             await asyncio.to_thread(prof.wait)
         cpu = CpuMeter.diff(cpu0, self.cpu.snapshot(), time.time() - c0)  # type: ignore[union-attr]
+        cpu["replay_workers"] = round((child_ticks(os.getpid()) - w0) / CpuMeter.HZ / (time.time() - c0), 2)
         self.sampler.phase = "idle"  # type: ignore[union-attr]
         history = await conn.fetchval("SELECT count(*) FROM history")
         await conn.close()
-        res = {"events": r.events, "event_store": events, "applied": r.applied, "seconds": round(r.seconds, 2),
+        res = {"workers": workers, "events": r.events, "event_store": events, "applied": r.applied,
+               "seconds": round(r.seconds, 2),
                "events_per_s": round(r.events / r.seconds), "history_points_per_s": round(history / r.seconds),
                "history_rows": history, "cpu_cores": cpu, "load": loadavg()}
         print("replay", json.dumps(res))
@@ -607,6 +620,8 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="py-spy the consumer for 20 s of the 4-writer run")
     ap.add_argument("--half-only", type=float, default=None, metavar="POINTS_PER_S",
                     help="run only the freshness phase (4 paced writers) at this total rate")
+    ap.add_argument("--replay-workers", type=int, default=None,
+                    help="processes for the replay phase (default: one per core, as `runlog replay`)")
     ap.add_argument("--keep", action="store_true", help="leave the bench stack running")
     ap.add_argument("--json", default=None, help="write all results to this file")
     args = ap.parse_args()

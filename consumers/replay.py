@@ -8,6 +8,10 @@
    consumer's offset rows (so the live consumer pauses between batches), folds the last few
    and swaps the read-model tables and views: the live ones move to a graveyard schema, the
    rebuilt ones into ``public``. Readers see either the old or the new models, never a mix.
+   With ``workers`` > 1 (``runlog replay`` uses one per core), the bulk of the store is folded
+   by that many processes first, each taking the runs whose path hashes to it (a run's events
+   stay in order in one process, and runs never touch one another's rows); the catch-up and the
+   swap stay on the one connection. The fold is Python-bound, so this is what a second core buys.
 3. ``--from-kafka`` rebuilds the event store as well, reading the topic from offset 0 through
    the live consumer's batch path (``apply_batch``), and hands the consumer group the positions
    it reached, inside the same swap transaction.
@@ -19,6 +23,8 @@ The event store, the consumer offsets and the migration record are not read mode
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +46,7 @@ READ_MODEL_TABLES = ("runs", "history", "history_chunks", "state_transitions", "
 READ_MODEL_VIEWS = ("projects",)
 KEPT_TABLES = ("event_store", "consumer_offsets", "schema_migrations", "webhooks", "alert_deliveries", "api_keys")
 BATCH = 5000
+PARALLEL_MIN_EVENTS = 20_000  # fewer, and starting the worker processes (~1 s) costs more than they save
 
 
 @dataclass
@@ -55,11 +62,14 @@ Progress = Callable[[int, int], None]  # (events done, events known so far)
 
 
 async def replay(conn: asyncpg.Connection, progress: Progress | None = None, live_schema: str = "public",
-                 from_kafka: KafkaSource | None = None) -> ReplayResult:
+                 from_kafka: KafkaSource | None = None, *, workers: int = 1, dsn: str | None = None,
+                 parallel_min_events: int = PARALLEL_MIN_EVENTS) -> ReplayResult:
     """Rebuild the read models of ``live_schema`` from its event store and swap them in.
 
     With ``from_kafka``, the event store itself is rebuilt too, from offset 0 of the topic, and
-    the consumer group's positions are set to where the replay stopped (inside the swap)."""
+    the consumer group's positions are set to where the replay stopped (inside the swap).
+    ``workers`` > 1 folds a store of at least ``parallel_min_events`` events in that many
+    processes, which connect with ``dsn``."""
     started = time.perf_counter()
     result = ReplayResult()
     scratch, graveyard = _schemas(live_schema)
@@ -83,6 +93,8 @@ async def replay(conn: asyncpg.Connection, progress: Progress | None = None, liv
         await conn.execute(f"SET search_path TO {scratch}, {live_schema}")
         total = await conn.fetchval(f"SELECT count(*) FROM {live_schema}.event_store")
         position = 0
+        if workers > 1 and dsn is not None and total >= parallel_min_events:
+            position = await _fold_in_workers(conn, dsn, scratch, live_schema, workers, result, progress, total)
         while True:  # catch up outside the swap transaction while the live consumer runs on
             before = position
             position = await _fold_from(conn, live_schema, position, result, progress, total)
@@ -103,13 +115,22 @@ async def replay(conn: asyncpg.Connection, progress: Progress | None = None, liv
 
 
 async def _fold_from(conn: asyncpg.Connection, live_schema: str, position: int, result: ReplayResult,
-                     progress: Progress | None, total: int) -> int:
-    """Fold the events after ``position`` in pos order; return the last position folded."""
+                     progress: Progress | None, total: int, until: int | None = None,
+                     share: tuple[int, int] | None = None) -> int:
+    """Fold the events after ``position`` (up to ``until``) in pos order; return the last
+    position folded. ``share`` = (i, n): only the runs whose path hashes to i of n."""
+    where, args = "pos > $1", [position]
+    if until is not None:
+        args.append(until)
+        where += f" AND pos <= ${len(args)}"
+    if share is not None:
+        args += [share[1], share[0]]
+        where += f" AND (hashtext(run_path) & 2147483647) % ${len(args) - 1} = ${len(args)}"
     while True:
         rows = await conn.fetch(
             f"""SELECT pos, kafka_partition, kafka_offset, body FROM {live_schema}.event_store
-                WHERE pos > $1 ORDER BY pos LIMIT {BATCH}""",
-            position,
+                WHERE {where} ORDER BY pos LIMIT {BATCH}""",
+            *args,
         )
         if not rows:
             return position
@@ -127,9 +148,76 @@ async def _fold_from(conn: asyncpg.Connection, live_schema: str, position: int, 
         result.events += len(rows)
         result.applied += batch.applied
         result.skipped += batch.duplicates
-        position = rows[-1]["pos"]
+        position = args[0] = rows[-1]["pos"]
         if progress is not None:
             progress(result.events, max(total, result.events))
+
+
+# -- the bulk fold in worker processes ----------------------------------------------------------------
+
+COUNTERS = ("events", "applied", "skipped", "undecodable")  # per worker, in a shared array
+
+
+async def _fold_in_workers(conn: asyncpg.Connection, dsn: str, scratch: str, live_schema: str, workers: int,
+                           result: ReplayResult, progress: Progress | None, total: int) -> int:
+    """Fold every event up to the store's current end in ``workers`` processes; return that end.
+
+    A worker that fails makes the replay fail before anything is swapped (the live read models
+    stay as they are, as for an interrupted replay)."""
+    end = await conn.fetchval(f"SELECT coalesce(max(pos), 0) FROM {live_schema}.event_store")
+    ctx = multiprocessing.get_context("spawn")  # never fork a process that holds an event loop
+    counts = ctx.Array("q", workers * len(COUNTERS))
+    procs = [ctx.Process(target=_worker_main, args=(dsn, scratch, live_schema, end, (i, workers), counts),
+                         name=f"runlog-replay-{i}", daemon=True) for i in range(workers)]
+    for p in procs:
+        p.start()
+    try:
+        while any(p.is_alive() for p in procs):
+            await asyncio.sleep(0.2)
+            if progress is not None:
+                done = sum(counts[i * len(COUNTERS)] for i in range(workers))
+                progress(done, max(total, done))
+        failed = [p.exitcode for p in procs if p.exitcode != 0]
+        if failed:
+            raise RuntimeError(f"a replay worker failed (exit codes {failed}); nothing was swapped in")
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+            p.join()
+    for i in range(workers):
+        for j, name in enumerate(COUNTERS):
+            setattr(result, name, getattr(result, name) + counts[i * len(COUNTERS) + j])
+    return int(end)
+
+
+def _worker_main(dsn: str, scratch: str, live_schema: str, until: int, share: tuple[int, int], counts) -> None:  # type: ignore[no-untyped-def]
+    from events.settings import tune_service_gc
+
+    tune_service_gc()  # the same long fold as the consumer's
+    asyncio.run(_worker(dsn, scratch, live_schema, until, share, counts))
+
+
+async def _worker(dsn: str, scratch: str, live_schema: str, until: int, share: tuple[int, int], counts) -> None:  # type: ignore[no-untyped-def]
+    from projections.db import init_connection
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await init_connection(conn)
+        await conn.execute(f"SET search_path TO {scratch}, {live_schema}")
+        # Durable enough: the swap's own commit is synchronous and flushes the WAL before it.
+        await conn.execute("SET synchronous_commit = off")
+        result = ReplayResult()
+        base = share[0] * len(COUNTERS)
+
+        def report(done: int, _total: int) -> None:
+            counts[base] = done
+
+        await _fold_from(conn, live_schema, 0, result, report, 0, until=until, share=share)
+        for j, name in enumerate(COUNTERS):
+            counts[base + j] = getattr(result, name)
+    finally:
+        await conn.close()
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ Every failure a person can fix prints one sentence and exits 1; no tracebacks.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 import click
@@ -194,7 +195,9 @@ def keys_revoke(key_id: int) -> None:
 
 @main.command()
 @click.option("--from-kafka", is_flag=True, help="rebuild the event store too, from offset 0 of the events topic")
-def replay(from_kafka: bool) -> None:
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="processes folding the event store, each taking a share of the runs  [default: one per core]")
+def replay(from_kafka: bool, workers: int | None) -> None:
     """Rebuild every read model from the event store and swap it in atomically (API keeps serving)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -210,7 +213,7 @@ def replay(from_kafka: bool) -> None:
             task = bar.add_task("replaying events", total=None)
             source = KafkaSource(s.bootstrap_servers, s.events_topic, s.consumer_group) if from_kafka else None
             return await run_replay(conn, progress=lambda done, total: bar.update(task, completed=done, total=total),
-                                    from_kafka=source)
+                                    from_kafka=source, workers=workers or os.cpu_count() or 1, dsn=s.database_url)
 
     result = _db(go)
     rate = result.events / result.seconds if result.seconds else 0.0

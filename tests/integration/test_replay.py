@@ -247,3 +247,56 @@ async def test_replay_from_kafka_rebuilds_the_event_store_and_takes_over_the_off
     ends = {r["partition"]: r["next_offset"] for r in await conn.fetch(
         "SELECT partition, next_offset FROM consumer_offsets WHERE group_id = 'g' AND topic = $1", topic)}
     assert sum(ends.values()) == len(sent) + 1  # every record, the garbage one included, is behind the group
+
+
+async def test_replay_in_worker_processes_equals_live(scoped: Scoped, local_stack: Settings) -> None:
+    """The bulk fold split over two processes by run builds the same read models as the live path."""
+    conn = scoped.conn
+    events: list[Event] = []
+    for i in range(8):
+        run = RunRef(entity="e", project=f"p{i % 2}", run_id=f"r{i}")
+        src = Source(kind="sdk", writer=f"w{i}", rank=0)
+        events.append(RunInit(run=run, source=src, seq=0, time=T0, payload=InitPayload(tags=["a"])))
+        events += [RunLog(run=run, source=src, seq=s + 1, time=T0 + timedelta(seconds=s + 1),
+                          payload=LogPayload(step=s * 7, values={"loss": math.nan if s == 3 else 1 / (s + 1),
+                                                                 "acc": s * i})) for s in range(30)]
+        events.append(RunTags(run=run, source=src, seq=31, time=T0 + timedelta(seconds=40),
+                              payload=TagsPayload(add=["b"], remove=["a"])))
+        events.append(RunAlert(run=run, source=src, seq=32, time=T0 + timedelta(seconds=41),
+                               payload=AlertPayload(title="t", text="x")))
+        if i % 3:
+            events.append(RunFinish(run=run, source=src, seq=33, time=T0 + timedelta(seconds=50),
+                                    payload=FinishPayload(exit_code=i % 2)))
+    offsets = [0, 0, 0]
+    records = []
+    for e in [*events, events[5]]:  # the last one a resend: stored and applied once
+        p = int(e.run.run_id[1:]) % 3  # a run's events share a partition (the run path is the key)
+        records.append(Record(p, offsets[p], e, encode(e)))
+        offsets[p] += 1
+    await apply_batch(conn, "g", "topic", records, dict(enumerate(offsets)))
+    shares = await conn.fetchval("SELECT count(DISTINCT (hashtext(run_path) & 2147483647) % 2) FROM event_store")
+    assert shares == 2  # both workers get runs
+    live = await dump(conn)
+    await conn.execute("UPDATE runs SET state = 'killed', tags = '{}'; DELETE FROM history WHERE step > 50")
+
+    result = await replay(conn, live_schema=scoped.schema, workers=2, dsn=local_stack.database_url,
+                          parallel_min_events=0)
+    await conn.execute(f"SET search_path TO {scoped.schema}")
+    assert await dump(conn) == live
+    assert (result.events, result.applied, result.undecodable) == (len(events), len(events), 0)
+    assert await chunks_match_history(conn)
+
+
+async def test_a_failed_replay_worker_fails_the_replay_and_swaps_nothing(scoped: Scoped) -> None:
+    conn = scoped.conn
+    run = RunRef(entity="e", project="p", run_id="r")
+    src = Source(kind="sdk", writer="w", rank=0)
+    events: list[Event] = [RunInit(run=run, source=src, seq=0, time=T0, payload=InitPayload(tags=["a"]))]
+    await apply_batch(conn, "g", "topic", [Record(0, 0, events[0], encode(events[0]))], {0: 1})
+    await conn.execute("UPDATE runs SET tags = '{damaged}'")
+    with pytest.raises(RuntimeError, match="replay worker failed"):
+        # nothing listens on port 1: the workers cannot connect and exit with an error
+        await replay(conn, live_schema=scoped.schema, workers=2, dsn="postgresql://runlog@127.0.0.1:1/runlog",
+                     parallel_min_events=0)
+    await conn.execute(f"SET search_path TO {scoped.schema}")
+    assert await conn.fetchval("SELECT tags FROM runs") == ["damaged"]
