@@ -423,10 +423,13 @@ class Bench:
         cpu["replay_workers"] = round((child_ticks(os.getpid()) - w0) / CpuMeter.HZ / (time.time() - c0), 2)
         self.sampler.phase = "idle"  # type: ignore[union-attr]
         history = await conn.fetchval("SELECT count(*) FROM history")
+        # One seq per log() row and per other event: what the events were before the SDK packed rows.
+        rows = await conn.fetchval("SELECT sum(last_seq + 1)::bigint FROM writers WHERE source_kind <> 'watchdog'")
         await conn.close()
         res = {"workers": workers, "events": r.events, "event_store": events, "applied": r.applied,
-               "seconds": round(r.seconds, 2),
-               "events_per_s": round(r.events / r.seconds), "history_points_per_s": round(history / r.seconds),
+               "seconds": round(r.seconds, 2), "rows_and_events": rows,
+               "events_per_s": round(r.events / r.seconds), "rows_and_events_per_s": round(rows / r.seconds),
+               "history_points_per_s": round(history / r.seconds),
                "history_rows": history, "cpu_cores": cpu, "load": loadavg()}
         print("replay", json.dumps(res))
         return res

@@ -30,6 +30,8 @@ log = logging.getLogger("runlog.consumer")
 
 RETRY_BACKOFF = (0.2, 0.5, 1, 2, 5)
 MAX_BATCH = 2000  # records per Kafka batch; a full batch means a backlog
+BIG_BATCH_BYTES = 1024 * 1024  # ...and so do this many bytes of events (packed logs: ~100 rows an event)
+SLICE_BYTES = 1024 * 1024  # the most event bytes one transaction decodes and applies (see process_group)
 FETCH_MAX_WAIT_MS = 50  # the longest the broker holds a fetch that finds nothing (see Projector)
 
 
@@ -74,6 +76,21 @@ def split_partitions(raw: list[ConsumerRecord[bytes, bytes]], groups: int) -> li
     for part in sorted(by_partition.values(), key=len, reverse=True):
         min(buckets, key=len).extend(part)
     return buckets
+
+
+def byte_slices(raw: list[ConsumerRecord[bytes, bytes]], limit: int) -> list[list[ConsumerRecord[bytes, bytes]]]:
+    """``raw`` cut into consecutive runs of at most ``limit`` bytes of values (a bigger record
+    alone), in order."""
+    out: list[list[ConsumerRecord[bytes, bytes]]] = []
+    size = limit + 1
+    for rec in raw:
+        n = len(rec.value or b"")
+        if size + n > limit:
+            out.append([])
+            size = 0
+        out[-1].append(rec)
+        size += n
+    return out
 
 
 async def _records_only(message: KafkaMessage) -> None:
@@ -153,10 +170,11 @@ class Projector:
         If a group fails, the exception propagates after both have finished: FastStream then
         redelivers the batch and the group that did commit skips its records (stored offsets).
         """
-        # Split only a full batch (a backlog: throughput counts). A partial one means the consumer
+        # Split only a big batch (a backlog: throughput counts). A small one means the consumer
         # has caught up, and one transaction has half the round trips, which is what freshness
         # waits on when the machine is busy.
-        groups = 2 if len(raw) >= MAX_BATCH else 1
+        big = len(raw) >= MAX_BATCH or sum(len(r.value or b"") for r in raw) >= BIG_BATCH_BYTES
+        groups = 2 if big else 1
         outcomes = await asyncio.gather(*(self.process_group(g) for g in split_partitions(raw, groups)),
                                         return_exceptions=True)
         for outcome in outcomes:
@@ -164,6 +182,16 @@ class Projector:
                 raise outcome
 
     async def process_group(self, raw: list[ConsumerRecord[bytes, bytes]]) -> None:
+        """Apply ``raw`` in slices of at most SLICE_BYTES, one transaction each, in order.
+
+        Up to 2,000 packed logs of ~100 rows each can arrive in one Kafka batch; decoded at once
+        they took the consumer's memory from ~85 MB to 335 MB. Each slice commits its records'
+        offsets with its rows, so a slice that fails leaves the ones before it applied, and the
+        redelivered batch skips them by the stored offsets."""
+        for part in byte_slices(raw, SLICE_BYTES):
+            await self.apply_slice(part)
+
+    async def apply_slice(self, raw: list[ConsumerRecord[bytes, bytes]]) -> None:
         """Dead-letter what does not decode, then apply the rest with the offsets in one transaction."""
         records: list[Record] = []
         consumed: dict[int, int] = {}

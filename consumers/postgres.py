@@ -5,7 +5,8 @@ Exactly-once effect comes from three guards, all inside that transaction:
    are dropped, so a batch redelivered after a crash or rebalance changes nothing;
 2. the event id is the event store's primary key, so a resent event is applied once;
 3. (writer, run, seq) is tracked: a seq at or below the last one seen is a duplicate and
-   skipped, a jump is recorded as a gap.
+   skipped, a jump is recorded as a gap. A packed ``run.log`` covers the seqs of all its rows
+   (``Event.last_seq``); the SDK spools each pack once, so a resend is always the same pack.
 The fold itself is pure (``projections.fold``); this module only loads and writes.
 """
 
@@ -154,7 +155,7 @@ async def _check_sequences(conn: asyncpg.Connection, records: list[Record], resu
             continue
         if r.event.source.kind != "watchdog":  # its seq is a clock (ms), not a count: no gaps to see
             gaps[k] += r.event.seq - seen - 1
-        last[k] = r.event.seq
+        last[k] = r.event.last_seq  # a packed run.log holds the seqs of all its rows
         meta[k] = r.event
         kept.append(r)
     touched = set(meta) | set(dups)

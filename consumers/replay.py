@@ -46,7 +46,7 @@ READ_MODEL_TABLES = ("runs", "history", "history_chunks", "state_transitions", "
 READ_MODEL_VIEWS = ("projects",)
 KEPT_TABLES = ("event_store", "consumer_offsets", "schema_migrations", "webhooks", "alert_deliveries", "api_keys")
 BATCH = 5000
-PARALLEL_MIN_EVENTS = 20_000  # fewer, and starting the worker processes (~1 s) costs more than they save
+PARALLEL_MIN_EVENTS = 2_000  # fewer (single rows), and starting the processes (~1 s) costs more than they save
 
 
 @dataclass

@@ -14,6 +14,7 @@ from .model import (
     HeartbeatPayload,
     InitPayload,
     LogPayload,
+    LogRow,
     LostPayload,
     MetricPayload,
     RunAlert,
@@ -66,7 +67,7 @@ __all__ = [
     "RunPreempting", "RunFinish", "RunStateChange", "RunCrashed", "RunPreempted", "RunUpdate",
     "RunDelete", "RunUndelete",
     # payloads
-    "InitPayload", "LogPayload", "ConfigPayload", "SummaryPayload", "TagsPayload", "MetricPayload",
+    "InitPayload", "LogPayload", "LogRow", "ConfigPayload", "SummaryPayload", "TagsPayload", "MetricPayload",
     "AlertPayload", "HeartbeatPayload", "EmptyPayload", "FinishPayload", "StateChangePayload",
     "LostPayload", "UpdatePayload",
     # values

@@ -148,6 +148,11 @@ class Event(Frozen):
         """The Kafka message key: the run path in UTF-8."""
         return self.run.path.encode()
 
+    @property
+    def last_seq(self) -> int:
+        """The last seq this event stands for (a packed ``run.log`` stands for one per row)."""
+        return self.seq
+
 
 # --- payloads ----------------------------------------------------------------------------------
 
@@ -171,11 +176,25 @@ class InitPayload(Frozen):
     host: Host = {}
 
 
-class LogPayload(Frozen):
-    """One history row: flat keys to values at ``step``."""
+MAX_PACKED_ROWS = 1000  # rows after the first in one run.log event (bounds one event's fold)
+
+
+class LogRow(Frozen):
+    """A history row: flat keys to values at ``step``."""
 
     step: NonNegInt
     values: Values
+
+
+class LogPayload(Frozen):
+    """One history row (``step``, ``values``), and in ``more`` the rows its writer logged right
+    after it, when the SDK found them queued together (it packs them into one event: the costs
+    of an event are paid once for all of them). The rows keep their own seqs: the first row is
+    the event's ``seq``, row i of ``more`` is ``seq + 1 + i``; they are folded in that order."""
+
+    step: NonNegInt
+    values: Values
+    more: Annotated[list[LogRow], Field(max_length=MAX_PACKED_ROWS)] = []
 
 
 class ConfigPayload(Frozen):
@@ -264,10 +283,14 @@ class RunInit(Event):
 
 
 class RunLog(Event):
-    """One history row."""
+    """History rows: one, or several consecutive ones of the same writer (``payload.more``)."""
 
     type: Literal["run.log"] = "run.log"
     payload: LogPayload
+
+    @property
+    def last_seq(self) -> int:
+        return self.seq + len(self.payload.more)
 
 
 class RunConfig(Event):

@@ -204,7 +204,7 @@ def _make_transport(mode: str, settings: Any, spool_path: Path | None = None) ->
 class RunStatus:
     """``run.status()``: how far the run's events got."""
 
-    written: int  # events the run produced
+    written: int  # events the run produced (each logged row counts, packed or not)
     sent: int  # handed to Kafka
     acknowledged: int  # acknowledged by Kafka (acks=all)
     spooled: int  # written to the local spool

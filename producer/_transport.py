@@ -21,6 +21,13 @@ event costs ~20. So ``run.log`` rows reach the transport as a :data:`RawEvent` t
 background thread builds the event (full validation still runs, as the last line of defence)
 and encodes it. A raw event that cannot be built is never spooled: it is counted as failed and
 logged as an error naming its seq (a gap the consumer will report, never a silent loss).
+
+Packing: when the background thread finds several ``run.log`` rows of one run queued one after
+the other (consecutive seqs: nothing else was logged between them), it builds ONE event of them
+(``LogPayload.more``, up to ``PACK_ROWS`` rows). Every cost that is per event -- validation of
+the envelope, encoding, the spool record, the Kafka record, and downstream the event store row
+and the seq check -- is then paid once for the pack. Nothing waits for a pack to fill: a row
+logged alone travels alone. Counters count rows, so ``flush`` means the same as before.
 """
 
 from __future__ import annotations
@@ -50,11 +57,32 @@ log = logging.getLogger("producer.transport")
 RawEvent = tuple[str, Any, Any, int, float, dict[str, Any]]
 
 
+PACK_ROWS = 100  # most run.log rows packed into one event
+
+
 def build_event(raw: RawEvent) -> Any:
     """The typed event a :data:`RawEvent` stands for (raises pydantic's ValidationError)."""
     event_type, ref, source, seq, at, payload = raw
     return EVENT_TYPES[event_type](run=ref, source=source, seq=seq, time=datetime.fromtimestamp(at, UTC),
                                    payload=payload)
+
+
+def build_pack(raws: list[RawEvent]) -> Any:
+    """One ``run.log`` event of consecutive raw rows of one run: the first row's seq, the last
+    row's time (a row's time only ever moves the run's clock forward)."""
+    if len(raws) == 1:
+        return build_event(raws[0])
+    _, ref, source, seq, _, first = raws[0]
+    payload = {"step": first["step"], "values": first["values"], "more": [r[5] for r in raws[1:]]}
+    return EVENT_TYPES["run.log"](run=ref, source=source, seq=seq, time=datetime.fromtimestamp(raws[-1][4], UTC),
+                                  payload=payload)
+
+
+def rows_in(record: bytes) -> int:
+    """How many rows a spooled record holds (1 unless it is a packed run.log)."""
+    if b'"more":[{' not in record:
+        return 1
+    return 1 + len(orjson.loads(record)["payload"]["more"])
 
 
 def _nonfinite(values: dict[str, Any]) -> bool:
@@ -80,13 +108,15 @@ def encode_fast(event: Any) -> bytes:
     values = p.values
     if _nonfinite(values):
         values = tag_nonfinite(values)
+    more = [{"step": row.step, "values": tag_nonfinite(row.values) if _nonfinite(row.values) else row.values}
+            for row in p.more]
     data = orjson.dumps(
         {
             "id": event.id, "type": event.type,
             "run": {"entity": r.entity, "project": r.project, "run_id": r.run_id},
             "source": {"kind": s.kind, "writer": s.writer, "rank": s.rank},
             "seq": event.seq, "time": event.time, "v": event.v,
-            "payload": {"step": p.step, "values": values},
+            "payload": {"step": p.step, "values": values, "more": more},
         },
         option=orjson.OPT_UTC_Z,
     )
@@ -115,7 +145,8 @@ class Transport(Protocol):
 
 @dataclass
 class Counters:
-    """Progress of a transport. ``written - acked`` is what is still at risk."""
+    """Progress of a transport, counted in events as ``send`` took them (a logged row is one,
+    whether or not it travels packed with others). ``written - acked`` is what is still at risk."""
 
     written: int = 0  # accepted by send()
     sent: int = 0  # handed to the Kafka producer (in a batch, maybe not yet on the wire)
@@ -293,9 +324,10 @@ class KafkaTransport:
         )
         self._options.update(producer_options or {})
         self._queue: collections.deque[Any] = collections.deque()  # caller -> spooler
-        self._window: collections.deque[tuple[int, int, bytes]] = collections.deque()  # spooled, to send
+        # Spooled records to send, as (index, end offset, bytes, rows in it).
+        self._window: collections.deque[tuple[int, int, bytes, int]] = collections.deque()
         self._spill: tuple[int, int] | None = None  # (offset, index) of the first record only on disk
-        self._retry: list[tuple[int, int, bytes]] = []  # failed deliveries; loop thread only
+        self._retry: list[tuple[int, int, bytes, int]] = []  # failed deliveries; loop thread only
         self._key: bytes | None = None
         self._unflushed = 0  # records written to the spool's buffer, not yet to the OS
         self._ticker: Any = None
@@ -340,7 +372,7 @@ class KafkaTransport:
             for _ in range(self.HELP_BATCH):
                 if not self._queue:
                     break
-                self._spool_one(self._queue.popleft(), to_window=False)
+                self._spool_one(self._take(), to_window=False)
             self._flush_spool()
 
     @property
@@ -374,7 +406,7 @@ class KafkaTransport:
         if not self._thread.is_alive():
             with self.spool.lock:  # anything the thread did not get to (it died): spool it here
                 while self._queue:
-                    self._spool_one(self._queue.popleft(), to_window=False)
+                    self._spool_one(self._take(), to_window=False)
                 self._flush_spool()
             self.spool.close()
         remaining = self.counters.pending
@@ -395,24 +427,54 @@ class KafkaTransport:
 
     # -- spooling (loop thread, or send() under the spool lock) --------------------------
 
-    def _spool_one(self, event: Any, to_window: bool) -> None:
-        if type(event) is tuple:  # a RawEvent from log(): build it here, off the caller's thread
+    def _take(self) -> Any:
+        """The next queued item; a raw ``run.log`` row comes with the rows of the same run queued
+        right behind it (consecutive seqs), as a list: a pack. Caller holds the spool lock."""
+        item = self._queue.popleft()
+        if type(item) is not tuple or item[0] != "run.log":
+            return item
+        pack = [item]
+        queue = self._queue
+        while queue and len(pack) < PACK_ROWS:
+            nxt = queue[0]
+            if (type(nxt) is not tuple or nxt[0] != "run.log" or nxt[1] is not item[1] or nxt[2] is not item[2]
+                    or nxt[3] != pack[-1][3] + 1):
+                break
+            pack.append(queue.popleft())
+        return pack
+
+    def _spool_one(self, item: Any, to_window: bool) -> None:
+        """Build (raw rows), encode and spool one event; a pack too big for one event is halved."""
+        rows = len(item) if type(item) is list else 1
+        event = item
+        if type(item) is list or type(item) is tuple:  # raw rows from log(): built here, off the caller's thread
             try:
-                event = build_event(event)
+                event = build_pack(item) if type(item) is list else build_event(item)
             except Exception as exc:  # values were checked in log(): this is a bug, say so loudly
-                self._fail(event, exc)
+                if rows > 1:  # only the row(s) at fault must be lost: build them one by one
+                    for raw in item:
+                        self._spool_one(raw, to_window)
+                    return
+                self._fail(item, exc, rows)
                 return
         try:
             data = encode_fast(event)
-        except Exception as exc:  # oversized, or a bug: it can never be sent
-            self._fail(event, exc)
+        except OversizedEvent as exc:
+            if rows > 1:
+                self._spool_one(item[: rows // 2], to_window)
+                self._spool_one(item[rows // 2:], to_window)
+                return
+            self._fail(event, exc, rows)
+            return
+        except Exception as exc:  # a bug: it can never be sent
+            self._fail(event, exc, rows)
             return
         if self._key is None:
             self._key = event.key
         index, start, end = self.spool.write(data)
-        self._unflushed += 1
+        self._unflushed += rows
         if to_window and self._spill is None and len(self._window) < self._cap:
-            self._window.append((index, end, data))
+            self._window.append((index, end, data, rows))
         elif self._spill is None:
             self._spill = (start, index)
 
@@ -430,7 +492,7 @@ class KafkaTransport:
             for _ in range(self.DRAIN_BATCH):
                 if not self._queue:
                     break
-                self._spool_one(self._queue.popleft(), to_window=self.online)
+                self._spool_one(self._take(), to_window=self.online)
             self._flush_spool()
         with self._cond:
             self._cond.notify_all()
@@ -447,7 +509,7 @@ class KafkaTransport:
             self.spool.flush()
             records = self.spool.read(offset, index, min(self._cap, 1000))
             if records:
-                self._window.extend(records)
+                self._window.extend((i, end, data, rows_in(data)) for i, end, data in records)
                 last_index, last_end, _ = records[-1]
                 offset, index = last_end, last_index + 1
             self._spill = None if offset >= self.spool.end else (offset, index)
@@ -569,7 +631,7 @@ class KafkaTransport:
             try:
                 fut = await producer.send(self.topic, value=record[2], key=self._key)
             except MessageSizeTooLargeError as exc:
-                self._fail(record, exc)
+                self._fail(record, exc, record[3])
                 self.spool.ack(record[0], record[1])  # never sendable: don't let it block the frontier
                 continue
             except KafkaError as exc:  # metadata timeout, broker gone: retry later
@@ -578,7 +640,7 @@ class KafkaTransport:
                 self.counters.retried += 1
                 await self._wait_ready(self.RETRY_MIN)
                 continue
-            self.counters.sent += 1
+            self.counters.sent += record[3]
             pending.add(fut)
             fut.add_done_callback(lambda f, r=record: self._delivered(f, r, pending))
         if pending:  # closing: give what is in flight a moment; the rest stays in the spool
@@ -589,7 +651,7 @@ class KafkaTransport:
         exc = None if fut.cancelled() else fut.exception()
         if fut.cancelled() or exc is not None:
             self.last_error = exc
-            self.counters.sent -= 1
+            self.counters.sent -= record[3]
             if not self._stop_sender:
                 self._retry.append(record)  # try again, in spool order
                 self.counters.retried += 1
@@ -598,20 +660,25 @@ class KafkaTransport:
             return
         self.spool.ack(record[0], record[1])
         with self._cond:
-            self.counters.acked += 1
+            self.counters.acked += record[3]
             self._cond.notify_all()
 
-    def _fail(self, event: Any, exc: BaseException) -> None:
+    def _fail(self, item: Any, exc: BaseException, rows: int = 1) -> None:
+        """Count ``rows`` rows as failed and say why. ``item``: a typed event, raw rows from
+        log() that could not be built (they never got an id), or a spooled record."""
         self.last_error = exc
-        if type(event) is tuple:  # a RawEvent that could not be built: it never got an id
-            event_type, ref, _, seq, _, _ = event
+        raw = item[0] if type(item) is list else item
+        if type(raw) is tuple and len(raw) == 6:
+            event_type, ref, _, seq, _, _ = raw
             log.error("runlog: could not build %s event seq %d of run %s; it is NOT spooled or sent "
                       "(the consumer will see a gap at this seq): %r", event_type, seq, ref.path, exc)
+        elif type(raw) is tuple:  # a spooled record (index, end, bytes, rows)
+            log.error("runlog: dropping spooled record %d (%d row(s)): %r", raw[0], rows, exc)
         else:
-            log.error("runlog: dropping event %s (%s seq %s): %r", getattr(event, "id", "?"),
-                      getattr(event, "type", "?"), getattr(event, "seq", "?"), exc)
+            log.error("runlog: dropping event %s (%s seq %s): %r", getattr(item, "id", "?"),
+                      getattr(item, "type", "?"), getattr(item, "seq", "?"), exc)
         with self._cond:
-            self.counters.failed += 1
+            self.counters.failed += rows
             self._cond.notify_all()
 
     @classmethod

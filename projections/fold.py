@@ -239,15 +239,19 @@ def _absorb_logs(state: RunState, events: list[RunLog]) -> tuple[RunState, list[
     rows: list[Row] = []
     last = state.last_step
     for event in events:
-        step, rank = event.payload.step, event.source.rank
-        for key, value in event.payload.values.items():
-            rows.append(_history_row(key, step, value, rank or 0))
-            if key in keys:  # this call's own copy already: update it in place
-                accumulate(stats[key], value, step, rank)
-            else:
-                stats[key] = update_stats(stats.get(key), value, step, rank)
-                keys[key] = None
-        last = step if last is None else max(last, step)
+        rank, p = event.source.rank, event.payload
+        logged = [(p.step, p.values)]
+        if p.more:  # a packed event: the rows logged right after the first one, in order
+            logged += [(r.step, r.values) for r in p.more]
+        for step, values in logged:
+            for key, value in values.items():
+                rows.append(_history_row(key, step, value, rank or 0))
+                if key in keys:  # this call's own copy already: update it in place
+                    accumulate(stats[key], value, step, rank)
+                else:
+                    stats[key] = update_stats(stats.get(key), value, step, rank)
+                    keys[key] = None
+            last = step if last is None else max(last, step)
     summary = recompute(state.summary, list(keys), state.metrics, stats, state.overrides)
     summary["_step"] = last
     return replace(state, summary=summary, stats=stats, last_step=last, updated_at=events[-1].time), rows

@@ -9,7 +9,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from consumers.postgres import Record, apply_batch
-from events import FinishPayload, InitPayload, LogPayload, RunFinish, RunInit, RunLog, RunRef, Source, encode
+from events import FinishPayload, InitPayload, LogPayload, LogRow, RunFinish, RunInit, RunLog, RunRef, Source, encode
 from events.ids import new_writer_id
 from events.settings import Settings
 from projections.migrate import migrate
@@ -113,6 +113,26 @@ async def test_a_gap_in_a_writers_seq_is_recorded(local_stack: Settings, pool: a
         await apply_batch(conn, f"g-{project}", "test-topic", records, {0: len(records)})
     gaps = await pool.fetchval("SELECT gaps FROM writers WHERE writer = $1", events[0].source.writer)
     assert gaps == 2
+
+
+async def test_a_packed_log_covers_the_seqs_of_its_rows(local_stack: Settings, pool: asyncpg.Pool,
+                                                       project: str) -> None:
+    """Rows 1-3 in one run.log (seq 1, two more rows): seq 4 next is no gap; the pack resent, or a
+    single row inside it arriving late, is a duplicate and changes nothing."""
+    init, *logs, finish = run_events(project, steps=3)
+    rows = [LogRow(step=e.payload.step, values=e.payload.values) for e in logs[1:]]
+    pack = logs[0].model_copy(update={"payload": LogPayload(step=0, values=logs[0].payload.values, more=rows)})
+    assert (pack.seq, pack.last_seq, finish.seq) == (1, 3, 4)
+    records = [Record(0, i, e, encode(e)) for i, e in enumerate([init, pack, finish, pack, logs[1]])]
+    async with pool.acquire() as conn:
+        await apply_batch(conn, f"g-{project}", "test-topic", records, {0: len(records)})
+    writer = await pool.fetchrow("SELECT last_seq, gaps, duplicates FROM writers WHERE writer = $1",
+                                 init.source.writer)
+    assert tuple(writer) == (4, 0, 1)  # the resent pack is dropped by its id; the late row by its seq
+    row = await run_row(pool, project)
+    assert row is not None and row["state"] == "finished" and row["last_step"] == 2
+    history = await pool.fetch("SELECT step, value FROM history WHERE run_pk = $1 ORDER BY step", row["pk"])
+    assert [(h["step"], h["value"]) for h in history] == [(0, 0.0), (1, 1.0), (2, 2.0)]
 
 
 async def test_migrations_are_recorded_and_safe_to_run_twice(pool: asyncpg.Pool) -> None:

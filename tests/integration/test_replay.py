@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from consumers.postgres import Record, apply_batch
 from consumers.replay import KEPT_TABLES, READ_MODEL_TABLES, READ_MODEL_VIEWS, replay
-from events import (AlertPayload, Event, FinishPayload, HeartbeatPayload, InitPayload, LogPayload, MetricPayload,
+from events import (AlertPayload, Event, FinishPayload, HeartbeatPayload, InitPayload, LogPayload, LogRow, MetricPayload,
                     RunAlert, RunFinish, RunHeartbeat, RunInit, RunLog, RunMetric, RunPreempting, RunRef,
                     RunSummary, RunTags, Source, SummaryPayload, TagsPayload, encode)
 from events.settings import Settings
@@ -84,7 +84,7 @@ def run_stream(draw: st.DrawFn, run: RunRef) -> list[Event]:
         extra = {} if payload is None else {"payload": payload}
         events.append(cls(run=run, source=writer, seq=seqs[writer.writer], time=T0 + timedelta(seconds=clock[0]),
                           **extra))
-        seqs[writer.writer] += 1
+        seqs[writer.writer] = events[-1].last_seq + 1  # a packed log holds one seq per row
 
     for w in writers:
         emit(RunInit, InitPayload(name=run.run_id, tags=draw(st.lists(st.sampled_from("xyz"), max_size=2))), w)
@@ -92,10 +92,13 @@ def run_stream(draw: st.DrawFn, run: RunRef) -> list[Event]:
         w = draw(st.sampled_from(writers))
         kind = draw(st.sampled_from(["log", "log", "log", "tags", "summary", "metric", "alert", "heartbeat",
                                      "preempting"]))
-        if kind == "log":
-            keys = draw(st.lists(st.sampled_from(["loss", "acc", "val/f1"]), min_size=1, max_size=3, unique=True))
-            step = draw(st.one_of(st.integers(0, 20), st.integers(95, 105), st.integers(195, 205)))  # 3 chunks
-            emit(RunLog, LogPayload(step=step, values={k: draw(value) for k in keys}), w)
+        if kind == "log":  # one row, or a few packed together as the SDK does when they queue up
+            rows = []
+            for _ in range(draw(st.sampled_from([1, 1, 1, 2, 3]))):
+                keys = draw(st.lists(st.sampled_from(["loss", "acc", "val/f1"]), min_size=1, max_size=3, unique=True))
+                step = draw(st.one_of(st.integers(0, 20), st.integers(95, 105), st.integers(195, 205)))  # 3 chunks
+                rows.append(LogRow(step=step, values={k: draw(value) for k in keys}))
+            emit(RunLog, LogPayload(step=rows[0].step, values=rows[0].values, more=rows[1:]), w)
         elif kind == "tags":
             emit(RunTags, TagsPayload(add=draw(st.lists(st.sampled_from("xyz"), max_size=2)),
                                       remove=draw(st.lists(st.sampled_from("xyz"), max_size=1))), w)

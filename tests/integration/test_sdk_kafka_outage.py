@@ -82,10 +82,10 @@ def test_logging_through_a_kafka_outage_loses_nothing(tmp_path: Path, monkeypatc
         kafka.stop(s)
 
     mine = [e for e in events if e.source.writer == run.writer_id]
-    seqs = sorted({e.seq for e in mine})
+    seqs = sorted({seq for e in mine for seq in range(e.seq, e.last_seq + 1)})  # a packed log: one seq a row
     assert status.spooled_unsent == 0
     assert seqs == list(range(status.written))  # nothing lost; resends (same ids) are the consumer's to drop
-    assert sum(1 for e in mine if e.type == "run.log") >= len(latencies)
+    assert len({(e.seq, e.last_seq) for e in mine if e.type == "run.log"}) <= len(latencies)
     latencies.sort()
     worst, p99 = latencies[-1] * 1e6, latencies[int(len(latencies) * 0.99)] * 1e6
     record_property("log_calls", len(latencies))

@@ -8,7 +8,9 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import hypothesis
 from hypothesis import HealthCheck, given, settings
+import hypothesis
 from hypothesis import strategies as st
 
 from events import (
@@ -17,6 +19,7 @@ from events import (
     HeartbeatPayload,
     InitPayload,
     LogPayload,
+    LogRow,
     LostPayload,
     MetricPayload,
     RunConfig,
@@ -567,3 +570,58 @@ def test_folding_runs_of_logs_at_once_equals_folding_them_one_by_one(events):
             rows += more
     assert state == expected_state
     assert rows == expected_rows
+
+
+MOSTLY_LOGS = st.one_of(*[st.builds(lambda p: (RunLog, p), st.builds(
+    LogPayload, step=st.integers(0, 20),
+    values=st.dictionaries(KEYS, st.one_of(VALUES, st.floats(), st.integers(-5, 5)), max_size=3)))] * 3, LOG_HEAVY)
+
+
+@PROPS
+@given(event_lists(max_size=30, payloads=MOSTLY_LOGS, ranks=3, skew=3), st.data())
+def test_a_packed_log_folds_like_its_rows_one_by_one(events, data):
+    """The SDK packs consecutive rows of a writer into one run.log (``LogPayload.more``) with the
+    first row's id and seq and the last row's time: the same state and rows as those rows logged
+    one by one at that time, through ``fold`` and ``fold_logs`` alike."""
+    packed: list = []
+    unpacked: list = []
+    i = 0
+    while i < len(events):
+        e = events[i]
+        if not isinstance(e, RunLog):
+            packed.append(e)
+            unpacked.append(e)
+            i += 1
+            continue
+        group = [e]  # the strategy alternates writers: a pack's rows take the first row's writer
+        for nxt in events[i + 1:i + data.draw(st.integers(1, 6))]:
+            if not isinstance(nxt, RunLog):
+                break
+            group.append(nxt)
+        hypothesis.event(f"a pack of {len(group)} row(s)")
+        t = group[-1].time
+        more = [LogRow(step=g.payload.step, values=g.payload.values) for g in group[1:]]
+        packed.append(e.model_copy(update={"time": t, "payload": LogPayload(
+            step=e.payload.step, values=e.payload.values, more=more)}))
+        unpacked += [g.model_copy(update={"time": t, "source": e.source}) for g in group]
+        i += len(group)
+    expected = fold_all(unpacked)
+    assert fold_all(packed) == expected
+    assert fold_grouped(packed) == expected
+
+
+def fold_grouped(events):
+    """Fold as the consumer does: each run of consecutive run.log events at once (fold_logs)."""
+    state, rows, group = None, [], []
+    for e in [*events, None]:
+        if isinstance(e, RunLog):
+            group.append(e)
+            continue
+        if group:
+            state, more = fold_logs(state, group)
+            rows += more
+            group = []
+        if e is not None:
+            state, more = fold(state, e)
+            rows += more
+    return state, rows

@@ -19,7 +19,8 @@ from events.codec import decode, encode
 from events.settings import Settings
 from producer import _run
 from producer._spool import SpoolFile, iter_records
-from producer._transport import KafkaTransport, MemoryTransport, build_event, encode_fast
+from events.values import MAX_EVENT_BYTES
+from producer._transport import KafkaTransport, MemoryTransport, build_event, build_pack, encode_fast
 
 
 class RawRecording(MemoryTransport):
@@ -133,6 +134,52 @@ def test_encode_fast_gives_the_codecs_bytes():
         assert back.seq == 7 and back.source.rank == 3 and back.payload.step == 7
     init = build_event(("run.init", ref, src, 0, time.time(), {}))
     assert encode_fast(init) == encode(init)
+    rows = [("run.log", ref, src, 7 + i, time.time() + i, {"step": 7 + i, "values": {"x": math.nan if i else 1.0}})
+            for i in range(3)]
+    pack = build_pack(rows)
+    assert encode_fast(pack) == encode(pack)
+    back = decode(encode_fast(pack))
+    assert (back.seq, back.last_seq, back.time) == (7, 9, pack.time)
+    assert [r.step for r in back.payload.more] == [8, 9] and math.isnan(back.payload.more[0].values["x"])
+
+
+class Stalled(KafkaTransport):
+    """A spooler that only drains once closing: everything sent before is queued together."""
+
+    def _drain(self) -> bool:
+        return super()._drain() if self._closing.is_set() else False
+
+
+def test_a_pack_too_big_for_one_event_is_split(tmp_path):
+    ref, src = RunRef(entity="e", project="p", run_id="r"), Source(kind="sdk", writer="w")
+    transport = Stalled(_dead_settings(), spool=SpoolFile(tmp_path / "w.spool"), online=False)
+    big = {f"k{i}": "x" * 60_000 for i in range(6)}  # ~360 KB a row: three rows exceed one event's 1 MiB
+    for seq in range(5):
+        transport.send_raw(("run.log", ref, src, seq, time.time(), {"step": seq, "values": big}))
+    transport.close(0.1)  # the stalled spooler drains once closing
+    assert transport.counters.failed == 0 and transport.counters.spooled == 5
+    assert [seq for seq, _, _ in spooled_rows(tmp_path / "w.spool")] == list(range(5))
+    records = [d for _, d in iter_records(tmp_path / "w.spool")]
+    assert all(len(d) <= MAX_EVENT_BYTES for d in records)
+    assert [1 + len(decode(d).payload.more) for d in records] == [2, 1, 2]  # 5 -> 2 + 3 -> 2 + (1 + 2)
+
+
+def test_rows_of_one_run_queued_together_travel_as_one_event_and_others_break_the_pack(tmp_path):
+    ref, src = RunRef(entity="e", project="p", run_id="r"), Source(kind="sdk", writer="w")
+    other = RunRef(entity="e", project="p", run_id="other")
+    transport = Stalled(_dead_settings(), spool=SpoolFile(tmp_path / "w.spool"), online=False)
+    for seq in range(3):
+        transport.send_raw(("run.log", ref, src, seq, time.time(), {"step": seq, "values": {"x": 1.0}}))
+    transport.send_raw(("run.summary", ref, src, 3, time.time(), {"set": {"y": 1}}))  # not a row: ends the pack
+    transport.send_raw(("run.log", ref, src, 4, time.time(), {"step": 4, "values": {"x": 1.0}}))
+    transport.send_raw(("run.log", other, src, 0, time.time(), {"step": 0, "values": {"x": 1.0}}))  # another run
+    transport.send_raw(("run.log", ref, src, 6, time.time(), {"step": 6, "values": {"x": 1.0}}))  # seq 5 missing
+    transport.close(0.1)  # the stalled spooler drains once closing
+    events = [decode(d) for _, d in iter_records(tmp_path / "w.spool")]
+    assert [(e.run.run_id, e.type, e.seq, e.last_seq) for e in events] == [
+        ("r", "run.log", 0, 2), ("r", "run.summary", 3, 3), ("r", "run.log", 4, 4), ("other", "run.log", 0, 0),
+        ("r", "run.log", 6, 6)]
+    assert transport.counters.spooled == 7
 
 
 def _dead_settings() -> Settings:
@@ -147,11 +194,25 @@ def test_a_raw_event_that_cannot_be_built_is_failed_loudly_and_not_spooled(tmp_p
         transport.send_raw(("run.log", ref, src, 0, time.time(), {"step": 0, "values": {"x": 1.0}}))
         transport.send_raw(("run.log", ref, src, 1, time.time(), {"step": 1, "values": {"x": object()}}))
         transport.send_raw(("run.log", ref, src, 2, time.time(), {"step": 2, "values": {"x": 3.0}}))
-        assert transport.close(5) == 2  # offline: the two good ones wait in the spool
+        assert transport.close(0.1)  # the stalled spooler drains once closing == 2  # offline: the two good ones wait in the spool
     assert transport.counters.failed == 1 and transport.counters.spooled == 2
     assert "could not build run.log event seq 1 of run e/p/r" in caplog.text
     assert "NOT spooled" in caplog.text
     assert [decode(d).seq for _, d in iter_records(tmp_path / "w.spool")] == [0, 2]
+
+
+def spooled_rows(path) -> list[tuple[int, str, dict]]:
+    """(seq, type, values) of every row in a spool file, packed run.log events unpacked."""
+    rows = []
+    for _, data in iter_records(path):
+        e = decode(data)
+        if e.type != "run.log":
+            rows.append((e.seq, e.type, {}))
+            continue
+        logged = [e.payload.values, *(r.values for r in e.payload.more)]
+        rows += [(e.seq + i, e.type, values) for i, values in enumerate(logged)]
+        assert e.last_seq == e.seq + len(logged) - 1
+    return rows
 
 
 def test_offline_run_spools_every_row_in_order(tmp_path, monkeypatch):
@@ -162,11 +223,12 @@ def test_offline_run_spools_every_row_in_order(tmp_path, monkeypatch):
     for i in range(n):
         run.log({"loss": float(i), "epoch": i // 100})
     run.finish(quiet=True)
-    events = [decode(d) for _, d in iter_records(run.spool_path)]
-    assert [e.seq for e in events] == list(range(n + 2))
-    assert [e.type for e in events[:2]] == ["run.init", "run.log"] and events[-1].type == "run.finish"
-    assert [e.payload.values["loss"] for e in events[1:-1]] == [float(i) for i in range(n)]
-    assert run.status().written == n + 2 == run.status().spooled
+    rows = spooled_rows(run.spool_path)
+    assert [seq for seq, _, _ in rows] == list(range(n + 2))
+    assert [t for _, t, _ in rows[:2]] == ["run.init", "run.log"] and rows[-1][1] == "run.finish"
+    assert [values["loss"] for _, _, values in rows[1:-1]] == [float(i) for i in range(n)]
+    assert run.status().written == n + 2 == run.status().spooled  # counted in rows, packed or not
+    assert len(list(iter_records(run.spool_path))) < n // 2  # the caller outran the thread: rows were packed
 
 
 def test_small_queue_spills_raw_events_on_the_callers_thread(tmp_path):
@@ -176,5 +238,5 @@ def test_small_queue_spills_raw_events_on_the_callers_thread(tmp_path):
     for seq in range(500):
         transport.send_raw(("run.log", ref, src, seq, time.time(), {"step": seq, "values": {"x": float(seq)}}))
         assert len(transport._queue) <= 4
-    transport.close(5)
-    assert [decode(d).seq for _, d in iter_records(tmp_path / "w.spool")] == list(range(500))
+    transport.close(0.1)  # the stalled spooler drains once closing
+    assert [seq for seq, _, _ in spooled_rows(tmp_path / "w.spool")] == list(range(500))

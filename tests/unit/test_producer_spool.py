@@ -151,11 +151,11 @@ def test_queue_cap_spills_to_disk_and_reads_back_in_order(tmp_path):
         transport.send(_event(seq))
     _wait(lambda: transport.counters.spooled == 200)
     assert len(transport._window) <= 10 and transport._spill is not None  # the rest only on disk
-    seen = [i for i, _, _ in transport._window]
+    seen = [i for i, _, _, _ in transport._window]
     transport._window.clear()
     while transport._spill is not None:
         transport._refill()
-        seen += [i for i, _, _ in transport._window]
+        seen += [i for i, _, _, _ in transport._window]
         assert len(transport._window) <= 10
         transport._window.clear()
     assert seen == list(range(200))
