@@ -75,7 +75,7 @@ async def _send(states: list[SpoolState], settings: Any, on_ack: Callable[[int],
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
-                                enable_idempotence=True, linger_ms=20, compression_type="gzip")
+                                enable_idempotence=True, linger_ms=20, compression_type="zstd")
     try:
         await asyncio.wait_for(producer.start(), 30)
     except Exception as exc:

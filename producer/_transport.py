@@ -267,7 +267,7 @@ class KafkaTransport:
       (to the OS right away, fsync every ``sdk_fsync_interval`` s), keeps up to
       ``sdk_queue_max`` of them in memory for sending and leaves the rest only in the spool;
       it also saves the acknowledged position and calls the ticker (heartbeats);
-    - the *sender* (online only) owns one ``AIOKafkaProducer`` (acks=all, idempotent, gzip,
+    - the *sender* (online only) owns one ``AIOKafkaProducer`` (acks=all, idempotent, zstd,
       linger ``sdk_linger_ms``) and sends in spool order, reading back from the spool file
       what did not fit in memory. If the broker is unreachable it keeps trying to connect
       with back-off, forever, without blocking the caller.
@@ -316,7 +316,9 @@ class KafkaTransport:
             acks="all",
             enable_idempotence=True,
             linger_ms=getattr(settings, "sdk_linger_ms", 20),
-            compression_type="gzip",
+            # zstd, not gzip: on 10-float rows gzip compressed 14 MB/s (13 us a row, ~40 % of a
+            # writer's CPU, in the training process); zstd 330 MB/s (0.5 us) at the same ratio (5x).
+            compression_type="zstd",
             # Big batches: a 10-float row is ~500 bytes, and aiokafka's 16 KiB default would
             # mean a socket write per ~30 events, each waiting for the GIL while the training
             # loop runs; 512 KiB (compressed well below the broker's 1 MiB limit) cuts that 30x.
