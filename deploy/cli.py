@@ -196,7 +196,7 @@ def keys_revoke(key_id: int) -> None:
 @main.command()
 @click.option("--from-kafka", is_flag=True, help="rebuild the event store too, from offset 0 of the events topic")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
-              help="processes folding the event store, each taking a share of the runs  [default: one per core]")
+              help="processes folding the event store, each taking a share of the runs  [default: one per core, at most 8]")
 def replay(from_kafka: bool, workers: int | None) -> None:
     """Rebuild every read model from the event store and swap it in atomically (API keeps serving)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -213,7 +213,7 @@ def replay(from_kafka: bool, workers: int | None) -> None:
             task = bar.add_task("replaying events", total=None)
             source = KafkaSource(s.bootstrap_servers, s.events_topic, s.consumer_group) if from_kafka else None
             return await run_replay(conn, progress=lambda done, total: bar.update(task, completed=done, total=total),
-                                    from_kafka=source, workers=workers or os.cpu_count() or 1, dsn=s.database_url)
+                                    from_kafka=source, workers=workers or min(os.cpu_count() or 1, 8), dsn=s.database_url)
 
     result = _db(go)
     rate = result.events / result.seconds if result.seconds else 0.0
