@@ -74,6 +74,8 @@ async def scoped(local_stack: Settings) -> AsyncIterator[Scoped]:
         await migrate(conn)
         yield Scoped(conn, schema)
         await conn.execute("RESET search_path")
-        await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        # with the scratch and graveyard schemas a replay of it may have left (a failed one does)
+        for name in (schema, f"{schema}_replay", f"{schema}_replaced"):
+            await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
     finally:
         await conn.close()
