@@ -336,7 +336,6 @@ async def _write_history(conn: asyncpg.Connection, history: dict[tuple[str, str,
     """Write the batch's history points and keep their chunks (see HISTORY_SQL's comment)."""
     appended: list[tuple[Any, ...]] = []
     staged: list[tuple[Any, ...]] = []
-    rollup: dict[tuple[int, str, int], list[Any]] = {}
     for (path, key, step), h in history.items():
         last = before_last.get(path)
         if h.value_json is None and (last is None or step > last):
