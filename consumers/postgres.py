@@ -279,10 +279,11 @@ async def _project(conn: asyncpg.Connection, events: list[Event]) -> None:
         else:
             states[path], rows = fold_logs(states[path], group)  # type: ignore[arg-type]
         for row in rows:
-            if isinstance(row, HistoryRow):
-                kept = history.get((path, row.key, row.step))
+            if type(row) is HistoryRow:  # one per logged value: the exact type test is the cheap one
+                k = (path, row.key, row.step)
+                kept = history.get(k)
                 if kept is None or row.rank <= kept.rank:  # lowest rank wins, then the later write
-                    history[(path, row.key, row.step)] = row
+                    history[k] = row
             elif isinstance(row, TransitionRow):
                 transitions.append((path, row))
             elif isinstance(row, MetricRow):
