@@ -58,6 +58,10 @@ RawEvent = tuple[str, Any, Any, int, float, dict[str, Any]]
 
 
 PACK_ROWS = 100  # most run.log rows packed into one event
+# Most bytes of a packed event: a pack near MAX_EVENT_BYTES would pass our check and then exceed
+# the producer's max_request_size (1 MiB with the record's overhead) and be refused, rows and all.
+# A single row keeps the full MAX_EVENT_BYTES, as before packing.
+PACK_BYTES = 256 * 1024
 
 
 def build_event(raw: RawEvent) -> Any:
@@ -446,7 +450,7 @@ class KafkaTransport:
         return pack
 
     def _spool_one(self, item: Any, to_window: bool) -> None:
-        """Build (raw rows), encode and spool one event; a pack too big for one event is halved."""
+        """Build (raw rows), encode and spool one event; a pack over PACK_BYTES is halved."""
         rows = len(item) if type(item) is list else 1
         event = item
         if type(item) is list or type(item) is tuple:  # raw rows from log(): built here, off the caller's thread
@@ -461,8 +465,10 @@ class KafkaTransport:
                 return
         try:
             data = encode_fast(event)
+            if rows > 1 and len(data) > PACK_BYTES:
+                raise OversizedEvent(len(data), PACK_BYTES)
         except OversizedEvent as exc:
-            if rows > 1:
+            if rows > 1:  # too big as one pack: two halves
                 self._spool_one(item[: rows // 2], to_window)
                 self._spool_one(item[rows // 2:], to_window)
                 return

@@ -20,7 +20,7 @@ from events.settings import Settings
 from producer import _run
 from producer._spool import SpoolFile, iter_records
 from events.values import MAX_EVENT_BYTES
-from producer._transport import KafkaTransport, MemoryTransport, build_event, build_pack, encode_fast
+from producer._transport import PACK_BYTES, KafkaTransport, MemoryTransport, build_event, build_pack, encode_fast
 
 
 class RawRecording(MemoryTransport):
@@ -150,10 +150,10 @@ class Stalled(KafkaTransport):
         return super()._drain() if self._closing.is_set() else False
 
 
-def test_a_pack_too_big_for_one_event_is_split(tmp_path):
+def test_rows_too_big_to_pack_travel_alone(tmp_path):
     ref, src = RunRef(entity="e", project="p", run_id="r"), Source(kind="sdk", writer="w")
     transport = Stalled(_dead_settings(), spool=SpoolFile(tmp_path / "w.spool"), online=False)
-    big = {f"k{i}": "x" * 60_000 for i in range(6)}  # ~360 KB a row: three rows exceed one event's 1 MiB
+    big = {f"k{i}": "x" * 60_000 for i in range(6)}  # ~360 KB a row: over PACK_BYTES alone, so each travels alone
     for seq in range(5):
         transport.send_raw(("run.log", ref, src, seq, time.time(), {"step": seq, "values": big}))
     transport.close(0.1)  # the stalled spooler drains once closing
@@ -161,7 +161,19 @@ def test_a_pack_too_big_for_one_event_is_split(tmp_path):
     assert [seq for seq, _, _ in spooled_rows(tmp_path / "w.spool")] == list(range(5))
     records = [d for _, d in iter_records(tmp_path / "w.spool")]
     assert all(len(d) <= MAX_EVENT_BYTES for d in records)
-    assert [1 + len(decode(d).payload.more) for d in records] == [2, 1, 2]  # 5 -> 2 + 3 -> 2 + (1 + 2)
+    assert [1 + len(decode(d).payload.more) for d in records] == [1] * 5  # a row alone may be this big
+
+
+def test_packs_stay_under_pack_bytes_so_the_producer_never_refuses_them(tmp_path):
+    ref, src = RunRef(entity="e", project="p", run_id="r"), Source(kind="sdk", writer="w")
+    transport = Stalled(_dead_settings(), spool=SpoolFile(tmp_path / "w.spool"), online=False)
+    row = {f"k{i}": "x" * 1000 for i in range(10)}  # ~10 KB a row: 100 of them would be ~1 MiB
+    for seq in range(100):
+        transport.send_raw(("run.log", ref, src, seq, time.time(), {"step": seq, "values": row}))
+    transport.close(0.1)  # the stalled spooler drains once closing
+    records = [d for _, d in iter_records(tmp_path / "w.spool")]
+    assert all(len(d) <= PACK_BYTES for d in records) and 1 < len(records) < 100
+    assert [seq for seq, _, _ in spooled_rows(tmp_path / "w.spool")] == list(range(100))
 
 
 def test_rows_of_one_run_queued_together_travel_as_one_event_and_others_break_the_pack(tmp_path):
