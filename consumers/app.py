@@ -160,11 +160,11 @@ class Projector:
         await self.process(list(raw))
 
     async def process(self, raw: list[ConsumerRecord[bytes, bytes]]) -> None:
-        """Apply a Kafka batch as one transaction, or a full one as two concurrent transactions
-        over disjoint partitions.
+        """Apply a Kafka batch as one group of partitions, or a big one as two groups over
+        disjoint partitions applied concurrently (each group in slices, see ``process_group``).
 
         A partition's records and its offset always commit together, and runs never span
-        partitions, so the two transactions touch disjoint rows. Running them side by side on
+        partitions, so the two groups' transactions touch disjoint rows. Running them side by side on
         two connections lets one group's Python work (decode, fold) overlap the other's wait on
         PostgreSQL; one after the other, the consumer and PostgreSQL each idled half the time.
         If a group fails, the exception propagates after both have finished: FastStream then
