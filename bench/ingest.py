@@ -109,21 +109,22 @@ def rss_kb(pid: int) -> int | None:
     return None
 
 
-def cpu_ticks(pid: int) -> int:
+def _stat_ticks(pid: int, first: int) -> int:
+    """Two adjacent CPU-tick fields of /proc/<pid>/stat, counted after the command name."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])  # utime + stime
+        return int(fields[first]) + int(fields[first + 1])
     except (OSError, IndexError):
         return 0
+
+
+def cpu_ticks(pid: int) -> int:
+    return _stat_ticks(pid, 11)  # utime + stime
 
 
 def child_ticks(pid: int) -> int:
     """CPU ticks of the children ``pid`` has waited for (the replay's worker processes)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[13]) + int(fields[14])  # cutime + cstime
-    except (OSError, IndexError):
-        return 0
+    return _stat_ticks(pid, 13)  # cutime + cstime
 
 
 def children_of(ppid: int) -> list[int]:
