@@ -103,17 +103,19 @@ def _nonfinite(values: dict[str, Any]) -> bool:
     return False
 
 
+def _tagged(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` as they go on the wire: non-finite floats tagged, the dict itself when none is."""
+    return tag_nonfinite(values) if _nonfinite(values) else values
+
+
 def encode_fast(event: Any) -> bytes:
     """``events.codec.encode`` for validated ``run.log`` events, ~4x cheaper: the same bytes,
     from a dict built by hand instead of ``model_dump`` + a generic walk for non-finite floats."""
     if event.type != "run.log":
         return encode(event)
     r, s, p = event.run, event.source, event.payload
-    values = p.values
-    if _nonfinite(values):
-        values = tag_nonfinite(values)
-    more = [{"step": row.step, "values": tag_nonfinite(row.values) if _nonfinite(row.values) else row.values}
-            for row in p.more]
+    values = _tagged(p.values)
+    more = [{"step": row.step, "values": _tagged(row.values)} for row in p.more]
     data = orjson.dumps(
         {
             "id": event.id, "type": event.type,
