@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +13,7 @@ import orjson
 from events.codec import decode, to_jsonable
 from events.errors import EventError
 from events.values import tag_nonfinite
-from projections.db import CHUNK_STEPS
+from projections.db import CHUNK_STEPS, HISTORY_POINTS
 
 from .filters import Field, Params, Sort, compile_filter, decode_cursor, encode_cursor
 
@@ -55,8 +56,8 @@ async def run_pk(conn: asyncpg.Connection, entity: str, project: str, run_id: st
     )
 
 
-# Each key's next points from `start`: one range of the primary key per key, in step order,
-# handed over as three arrays per key (asyncpg decodes arrays in C, ~2x faster than as rows).
+# Each key's next points from `start` in `history`: one range of the primary key per key, in step
+# order, handed over as three arrays per key (asyncpg decodes arrays in C, ~2x faster than as rows).
 HISTORY_SQL = """
 SELECT k.key, h.steps, h.vals, h.jsons
 FROM unnest($2::text[]) AS k(key)
@@ -69,6 +70,24 @@ CROSS JOIN LATERAL (
 WHERE h.steps IS NOT NULL
 """
 
+# ... and the blocks that hold each key's next points (sql/0011_history_blocks.sql), whole, in
+# step order: a key's blocks cover disjoint ranges, so the first block reaching `start` and then
+# blocks until $5 points past it are enough. `taken` sums the blocks' sizes without reading
+# their arrays; only the chosen blocks are read.
+HISTORY_BLOCKS_SQL = """
+SELECT k.key, b.first_step, b.steps, b.vals
+FROM unnest($2::text[]) AS k(key)
+CROSS JOIN LATERAL (
+    SELECT w.first_step FROM (
+        SELECT first_step, sum(n) OVER (ORDER BY first_step) - n - first_value(n) OVER (ORDER BY first_step) AS taken
+        FROM history_blocks
+        WHERE run_pk = $1 AND key = k.key AND last_step >= $3 AND ($4::bigint IS NULL OR first_step <= $4)
+    ) w WHERE w.taken < $5
+) chosen
+JOIN history_blocks b ON b.run_pk = $1 AND b.key = k.key AND b.first_step = chosen.first_step
+ORDER BY k.key, b.first_step
+"""
+
 
 def json_value(value: float | None, value_json: str | None) -> Any:
     """A history value ready for orjson: a finite float, a ``$f`` tag, or the stored JSON as is."""
@@ -77,6 +96,47 @@ def json_value(value: float | None, value_json: str | None) -> Any:
     if value is None or math.isfinite(value):
         return value
     return tag_nonfinite(value)
+
+
+def _plain(vals: list[float | None]) -> bool:
+    """Every value is a finite float or None (JSON-ready as it is)."""
+    try:
+        return all(map(math.isfinite, vals))
+    except TypeError:  # a None among them
+        return all(v is None or math.isfinite(v) for v in vals)
+
+
+KeyPoints = tuple[str, list[int], list[float | None], list[str | None] | None]  # jsons None: all None
+
+
+async def _key_points(conn: asyncpg.Connection, pk: int, keys: list[str], start: int, max_step: int | None,
+                      limit: int) -> list[KeyPoints]:
+    """Each key's first ``limit`` points from ``start`` (up to ``max_step``), from ``history`` and
+    the blocks together, in step order; keys without such points are left out."""
+    found: dict[str, KeyPoints] = {}
+    for key, steps, vals, jsons in await conn.fetch(HISTORY_SQL, pk, keys, start, max_step, limit):
+        found[key] = (key, steps, vals, None if jsons.count(None) == len(jsons) else jsons)
+    blocks: dict[str, tuple[list[int], list[float | None]]] = {}
+    for key, first, block_steps, block_vals in await conn.fetch(HISTORY_BLOCKS_SQL, pk, keys, start, max_step, limit):
+        steps, vals = blocks.setdefault(key, ([], []))
+        steps += range(first, first + len(block_vals)) if block_steps is None else block_steps
+        vals += block_vals
+    for key, (steps, vals) in blocks.items():
+        lo = bisect.bisect_left(steps, start)
+        hi = len(steps) if max_step is None else bisect.bisect_right(steps, max_step)
+        steps, vals = steps[lo:hi][:limit], vals[lo:hi][:limit]
+        if not steps:
+            continue
+        if key not in found:
+            found[key] = (key, steps, vals, None)
+            continue
+        _, own_steps, own_vals, own_jsons = found[key]  # points in both tables: merge by step
+        merged = sorted(zip(own_steps + steps, own_vals + vals,
+                            (own_jsons or [None] * len(own_steps)) + [None] * len(steps)))[:limit]
+        jsons = [m[2] for m in merged]
+        found[key] = (key, [m[0] for m in merged], [m[1] for m in merged],
+                      None if jsons.count(None) == len(jsons) else jsons)
+    return [found[k] for k in keys if k in found]
 
 
 async def history_page(conn: asyncpg.Connection, pk: int, keys: list[str] | None, start: int,
@@ -89,22 +149,22 @@ async def history_page(conn: asyncpg.Connection, pk: int, keys: list[str] | None
     With ``keys``, as in W&B's scan_history, only steps that have every requested key are rows.
     """
     wanted = keys if keys else await history_keys(conn, pk)
-    per_key = await conn.fetch(HISTORY_SQL, pk, wanted, start, max_step, page_size + 1)
+    per_key = await _key_points(conn, pk, wanted, start, max_step, page_size + 1)
     if len(per_key) == 1:  # one key (the hot path of a scan): its points are the rows, in step order
         key, steps, vals, jsons = per_key[0]
         n = min(len(steps), page_size)
-        if jsons.count(None) == len(jsons) and all(map(math.isfinite, vals)):
+        if jsons is None and _plain(vals):
             rows = [{"_step": step, key: value} for step, value in zip(steps[:n], vals[:n])]
         else:
             rows = [{"_step": step, key: json_value(value, value_json)}
-                    for step, value, value_json in zip(steps[:n], vals[:n], jsons[:n])]
+                    for step, value, value_json in zip(steps[:n], vals[:n], jsons or [None] * n)]
         return rows, (steps[page_size] if len(steps) > page_size else None)
     full = [steps[-1] for _, steps, _, _ in per_key if len(steps) > page_size]
     bound = min(full) if full else None  # the union is complete up to here
     by_step: dict[int, dict[str, Any]] = {}
     isfinite = math.isfinite
     for key, steps, vals, jsons in per_key:
-        for step, value, value_json in zip(steps, vals, jsons):
+        for step, value, value_json in zip(steps, vals, jsons or [None] * len(steps)):
             if bound is not None and step > bound:
                 break
             row = by_step.get(step)
@@ -272,27 +332,35 @@ WITH RECURSIVE k AS (
     UNION ALL
     SELECT (SELECT h.key FROM history h WHERE h.run_pk = $1 AND h.key > k.key ORDER BY h.key LIMIT 1)
     FROM k WHERE k.key IS NOT NULL
+), b AS (
+    (SELECT key FROM history_blocks WHERE run_pk = $1 ORDER BY key LIMIT 1)
+    UNION ALL
+    SELECT (SELECT h.key FROM history_blocks h WHERE h.run_pk = $1 AND h.key > b.key ORDER BY h.key LIMIT 1)
+    FROM b WHERE b.key IS NOT NULL
 )
 SELECT key FROM k WHERE key IS NOT NULL
+UNION
+SELECT key FROM b WHERE key IS NOT NULL
+ORDER BY key
 """
 
 
 async def history_keys(conn: asyncpg.Connection, pk: int) -> list[str]:
-    """Every key the run's history holds (a skip scan of the primary key)."""
+    """Every key the run's history holds (a skip scan of each table's primary key)."""
     return [r["key"] for r in await conn.fetch(HISTORY_KEYS_SQL, pk)]
 
 
 SAMPLED_SQL = """
 WITH bounds AS MATERIALIZED (  -- computed once: inlined, a planner without statistics re-ran it per row
     SELECT key, min(step) AS lo, max(step) AS hi, count(*) AS n
-    FROM history WHERE run_pk = $1 AND key = ANY($2::text[]) AND value IS NOT NULL
+    FROM {points} h WHERE run_pk = $1 AND key = ANY($2::text[]) AND value IS NOT NULL
     GROUP BY key
 ),
 buckets AS (
     SELECT h.key,
            min(ARRAY[h.value, h.step::float8]) AS low,
            max(ARRAY[h.value, -h.step::float8]) AS high
-    FROM history h JOIN bounds b ON b.key = h.key
+    FROM {points} h JOIN bounds b ON b.key = h.key
     WHERE h.run_pk = $1 AND h.key = ANY($2::text[]) AND h.value IS NOT NULL
     GROUP BY h.key, CASE WHEN b.n <= $3 THEN h.step ELSE (h.step - b.lo) / ((b.hi - b.lo) / $4 + 1) END
 )
@@ -302,7 +370,7 @@ SELECT DISTINCT key, step, value FROM (
     SELECT key, (-high[2])::bigint AS step, high[1] AS value FROM buckets
 ) points
 ORDER BY key, step
-"""
+""".format(points=HISTORY_POINTS)
 
 
 CHUNK_BOUNDS_SQL = """
@@ -323,6 +391,23 @@ SELECT key, low[2]::bigint AS step, low[1] AS value FROM buckets
 UNION
 SELECT key, (-high[2])::bigint AS step, high[1] AS value FROM buckets
 """.format(chunk=CHUNK_STEPS)
+
+
+# The x axis metric's value at each of the given steps: from `history`, and from the block that
+# would hold the step (a key's blocks are disjoint: the last one starting at or before it).
+X_AXIS_SQL = """
+SELECT step, value, value_json::text AS value_json FROM history
+WHERE run_pk = $1 AND key = $2 AND step = ANY($3::bigint[])
+UNION ALL
+SELECT w.step,
+       b.vals[CASE WHEN b.steps IS NULL THEN w.step - b.first_step + 1 ELSE array_position(b.steps, w.step) END],
+       NULL
+FROM unnest($3::bigint[]) AS w(step)
+CROSS JOIN LATERAL (SELECT first_step, last_step, steps, vals FROM history_blocks
+                    WHERE run_pk = $1 AND key = $2 AND first_step <= w.step
+                    ORDER BY first_step DESC LIMIT 1) b
+WHERE b.last_step >= w.step AND (b.steps IS NULL OR w.step = ANY(b.steps))
+"""
 
 
 async def history_sampled(conn: asyncpg.Connection, pk: int, keys: list[str], samples: int,
@@ -357,11 +442,7 @@ async def history_sampled(conn: asyncpg.Connection, pk: int, keys: list[str], sa
     for r in records:
         by_step.setdefault(r["step"], {"_step": r["step"]})[r["key"]] = json_value(r["value"], None)
     if x_axis != "_step" and by_step:
-        xs = await conn.fetch(
-            """SELECT step, value, value_json::text AS value_json FROM history
-               WHERE run_pk = $1 AND key = $2 AND step = ANY($3::bigint[])""",
-            pk, x_axis, list(by_step),
-        )
+        xs = await conn.fetch(X_AXIS_SQL, pk, x_axis, list(by_step))
         found = {r["step"]: json_value(r["value"], r["value_json"]) for r in xs}
         by_step = {s: {**row, x_axis: found[s]} for s, row in by_step.items() if s in found}
     return [by_step[s] for s in sorted(by_step)]

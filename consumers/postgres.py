@@ -22,7 +22,7 @@ import asyncpg
 from events.codec import dumps
 
 from events import Event, RunLog
-from projections.db import CHUNK_STEPS
+from projections.db import BLOCK_POINTS, CHUNK_STEPS, MIN_BLOCK_POINTS
 from projections.fold import AlertRow, HistoryRow, MetricRow, RunState, TransitionRow, fold, fold_logs
 
 
@@ -174,9 +174,11 @@ async def _check_sequences(conn: asyncpg.Connection, records: list[Record], resu
 
 # History points and their chunks (see 0010_history_chunks.sql):
 # 0. points past the run's last step before this batch cannot meet a stored point (every
-#    history row of a run is at or below runs.last_step), so they are COPYed straight into
-#    history (2x the rows/s of the upsert) and rolled up per chunk in Python (_roll_up);
-# 1. the other points are upserted from a staging table; what the upsert wrote (inserted, or
+#    stored point of a run is at or below runs.last_step), so they are COPYed straight in, as
+#    blocks (0011_history_blocks.sql) or one row per point in history (2x the rows/s of the
+#    upsert), and rolled up per chunk in Python (_roll_up);
+# 1. the other points are upserted from a staging table, after the blocks holding points of
+#    their chunks moved into history (EXPLODE_BLOCKS_SQL); what the upsert wrote (inserted, or
 #    replaced by a lower or equal rank) is rolled up per chunk into chunk_stage, with `fresh` =
 #    only new points (xmax = 0 marks a row the upsert inserted rather than updated);
 # 2. chunks that only gained points merge their roll-ups into the stored one (count adds up,
@@ -209,6 +211,22 @@ ON CONFLICT (run_pk, key, chunk) DO UPDATE SET
     last_step = GREATEST(history_chunks.last_step, EXCLUDED.last_step),
     lo = LEAST(history_chunks.lo, EXCLUDED.lo), hi = GREATEST(history_chunks.hi, EXCLUDED.hi)
 """
+# Before the upsert: every block holding a point in a chunk the upsert touches moves its points
+# into `history` (sql/0011_history_blocks.sql), so the upsert meets any stored point of a step and
+# the chunk recompute reads every point of its chunks from `history` alone.
+EXPLODE_BLOCKS_SQL = f"""
+WITH hit AS (
+    DELETE FROM history_blocks b
+    USING (SELECT DISTINCT run_pk, key, step / {CHUNK_STEPS} AS chunk FROM history_stage) s
+    WHERE b.run_pk = s.run_pk AND b.key = s.key
+      AND b.first_step < (s.chunk + 1) * {CHUNK_STEPS} AND b.last_step >= s.chunk * {CHUNK_STEPS}
+    RETURNING b.run_pk, b.key, b.first_step, b.rank, b.steps, b.vals
+)
+INSERT INTO history (run_pk, key, step, value, rank)
+SELECT hit.run_pk, hit.key, CASE WHEN hit.steps IS NULL THEN hit.first_step + p.i - 1 ELSE hit.steps[p.i] END,
+       p.value, hit.rank
+FROM hit CROSS JOIN LATERAL unnest(hit.vals) WITH ORDINALITY AS p(value, i)
+"""
 RECOMPUTE_CHUNKS_SQL = f"""
 INSERT INTO history_chunks (run_pk, key, chunk, n, first_step, last_step, lo, hi)
 SELECT c.run_pk, c.key, c.chunk, count(h.value), min(h.step) FILTER (WHERE h.value IS NOT NULL),
@@ -223,6 +241,15 @@ ON CONFLICT (run_pk, key, chunk) DO UPDATE SET n = EXCLUDED.n, first_step = EXCL
     last_step = EXCLUDED.last_step, lo = EXCLUDED.lo, hi = EXCLUDED.hi
 """
 
+# The (run, key)s that already hold a point past the given step (the run's last step before the
+# batch): there should be none (see HISTORY_SQL's comment).
+STORED_PAST_SQL = """
+SELECT g.pk, g.key FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS g(pk, key, after)
+WHERE g.after IS NOT NULL AND (
+    EXISTS (SELECT 1 FROM history h WHERE h.run_pk = g.pk AND h.key = g.key AND h.step > g.after)
+    OR EXISTS (SELECT 1 FROM history_blocks b WHERE b.run_pk = g.pk AND b.key = g.key AND b.last_step > g.after))
+"""
+BLOCK_COLUMNS = ["run_pk", "key", "first_step", "last_step", "n", "rank", "steps", "vals"]
 RUN_COLUMNS = [f.name for f in fields(RunState)]
 DB_COLUMNS = ["run_group" if c == "group" else c for c in RUN_COLUMNS]
 UPSERT_RUN_SQL = f"""INSERT INTO runs ({', '.join(DB_COLUMNS)})
@@ -334,27 +361,58 @@ async def _project(conn: asyncpg.Connection, events: list[Event]) -> None:
 
 async def _write_history(conn: asyncpg.Connection, history: dict[tuple[str, str, int], HistoryRow],
                          pks: dict[str, int], before_last: dict[str, int | None]) -> None:
-    """Write the batch's history points and keep their chunks (see HISTORY_SQL's comment)."""
-    appended: list[tuple[Any, ...]] = []
+    """Write the batch's history points and keep their chunks (see HISTORY_SQL's comment).
+
+    New numeric points of a (run, key) become blocks (sql/0011_history_blocks.sql) when there
+    are at least MIN_BLOCK_POINTS of them, all of one rank, and no other point of that (run, key)
+    in this batch needs the upsert; everything else is one row per point in ``history``."""
+    appended: dict[tuple[int, str], list[tuple[int, float | None, int]]] = {}
     staged: list[tuple[Any, ...]] = []
     for (path, key, step), h in history.items():
         last = before_last.get(path)
         if h.value_json is None and (last is None or step > last):
-            appended.append((pks[path], key, step, h.value, h.rank))
+            group = appended.get((pks[path], key))
+            if group is None:
+                appended[(pks[path], key)] = [(step, h.value, h.rank)]
+            else:
+                group.append((step, h.value, h.rank))
         else:
             staged.append((pks[path], key, step, h.value,
                            None if h.value_json is None else dumps(h.value_json).decode(), h.rank))
+    upserted = {(pk, key) for pk, key, *_ in staged}
+    blockable = [(pk, key) for (pk, key), points in appended.items()
+                 if len(points) >= MIN_BLOCK_POINTS and (pk, key) not in upserted
+                 and all(p[2] == points[0][2] for p in points)]
+    if blockable:  # a block's COPY meets no key that would catch a broken invariant: look first
+        after = {pk: before_last.get(path) for path, pk in pks.items()}
+        broken = await conn.fetch(STORED_PAST_SQL, [g[0] for g in blockable], [g[1] for g in blockable],
+                                  [after[g[0]] for g in blockable])
+        if broken:
+            log.warning("history already held points past runs.last_step; upserting this batch's points")
+            for pk, key in broken:
+                staged += [(pk, key, step, value, None, rank) for step, value, rank in appended.pop((pk, key))]
+                blockable.remove((pk, key))
+    blocks: list[tuple[Any, ...]] = []
+    for pk, key in blockable:
+        points = appended[(pk, key)]
+        blocks += _blocks(pk, key, points[0][2], points)
+    as_blocks = set(blockable)
+    rows = [(pk, key, step, value, rank) for (pk, key), points in appended.items() if (pk, key) not in as_blocks
+            for step, value, rank in points]
     await _stage(conn, "chunk_stage", "run_pk bigint, key text, chunk bigint, fresh boolean, n integer, "
                  "first_step bigint, last_step bigint, lo float8[], hi float8[]")
-    if appended:
+    if rows:
         try:
             async with conn.transaction():  # a savepoint: a broken invariant falls back to the upsert
-                await conn.copy_records_to_table("history", records=appended,
+                await conn.copy_records_to_table("history", records=rows,
                                                   columns=["run_pk", "key", "step", "value", "rank"])
         except asyncpg.UniqueViolationError:
             log.warning("history already held points past runs.last_step; upserting this batch's points")
-            staged += [(pk, key, step, value, None, rank) for pk, key, step, value, rank in appended]
-            appended = []
+            staged += [(pk, key, step, value, None, rank) for pk, key, step, value, rank in rows]
+            moved = {(pk, key) for pk, key, *_ in rows}
+            appended = {k: v for k, v in appended.items() if k not in moved}
+    if blocks:
+        await conn.copy_records_to_table("history_blocks", records=blocks, columns=BLOCK_COLUMNS)
     if appended:
         await conn.copy_records_to_table("chunk_stage", records=_roll_up(appended))
     if staged:
@@ -363,34 +421,50 @@ async def _write_history(conn: asyncpg.Connection, history: dict[tuple[str, str,
         await _stage(conn, "history_stage",
                      "run_pk bigint, key text, step bigint, value float8, value_json text, rank integer")
         await conn.copy_records_to_table("history_stage", records=staged)
+        await conn.execute(EXPLODE_BLOCKS_SQL)
         await conn.execute(HISTORY_SQL)
     await conn.execute(MERGE_CHUNKS_SQL)
     if staged:  # only the upsert can replace a point (appended points are all new)
         await conn.execute(RECOMPUTE_CHUNKS_SQL)
 
 
-def _roll_up(points: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """chunk_stage rows (all fresh) for new points ``(run_pk, key, step, value, rank)``, with
+def _blocks(pk: int, key: str, rank: int, points: list[tuple[int, float | None, int]]) -> list[tuple[Any, ...]]:
+    """history_blocks rows for the new points (step, value, rank) of one (run, key): in step
+    order, BLOCK_POINTS at most each, steps NULL when they have no gap."""
+    points.sort()  # logged in step order almost always; a sorted list costs one pass
+    out = []
+    for i in range(0, len(points), BLOCK_POINTS):
+        part = points[i:i + BLOCK_POINTS]
+        steps = [p[0] for p in part]
+        first, last = steps[0], steps[-1]
+        out.append((pk, key, first, last, len(part), rank, None if last - first == len(steps) - 1 else steps,
+                    [p[1] for p in part]))
+    return out
+
+
+def _roll_up(points: dict[tuple[int, str], list[tuple[int, float | None, int]]]) -> list[tuple[Any, ...]]:
+    """chunk_stage rows (all fresh) for new points, ``{(run_pk, key): [(step, value, rank)]}``, with
     PostgreSQL's float8 order (-inf lowest, NaN highest and equal to NaN) and its tie rule (the
     lowest step), so they merge exactly like the SQL roll-up of the upsert path."""
     chunks: dict[tuple[int, str, int], list[Any]] = {}
-    for pk, key, step, value, _rank in points:
-        if value is None:
-            continue
-        order = (1, 0.0) if value != value else (0, value)
-        c = chunks.get((pk, key, step // CHUNK_STEPS))
-        if c is None:  # [n, first, last, lo order, lo step, lo value, hi order, hi step, hi value]
-            chunks[(pk, key, step // CHUNK_STEPS)] = [1, step, step, order, step, value, order, step, value]
-            continue
-        c[0] += 1
-        if step < c[1]:
-            c[1] = step
-        if step > c[2]:
-            c[2] = step
-        if order < c[3] or (order == c[3] and step < c[4]):
-            c[3], c[4], c[5] = order, step, value
-        if order > c[6] or (order == c[6] and step < c[7]):
-            c[6], c[7], c[8] = order, step, value
+    for (pk, key), group in points.items():
+        for step, value, _rank in group:
+            if value is None:
+                continue
+            order = (1, 0.0) if value != value else (0, value)
+            c = chunks.get((pk, key, step // CHUNK_STEPS))
+            if c is None:  # [n, first, last, lo order, lo step, lo value, hi order, hi step, hi value]
+                chunks[(pk, key, step // CHUNK_STEPS)] = [1, step, step, order, step, value, order, step, value]
+                continue
+            c[0] += 1
+            if step < c[1]:
+                c[1] = step
+            if step > c[2]:
+                c[2] = step
+            if order < c[3] or (order == c[3] and step < c[4]):
+                c[3], c[4], c[5] = order, step, value
+            if order > c[6] or (order == c[6] and step < c[7]):
+                c[6], c[7], c[8] = order, step, value
     # -float(step), as SQL's -step::float8: step 0 gives -0.0 there, and the stored arrays match.
     return [(pk, key, chunk, True, c[0], c[1], c[2], [c[5], float(c[4])], [c[8], -float(c[7])])
             for (pk, key, chunk), c in chunks.items()]

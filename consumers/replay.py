@@ -42,7 +42,8 @@ def _schemas(live_schema: str) -> tuple[str, str]:
     """(scratch, graveyard) schema names, per live schema so replays of different schemas never meet."""
     base = "runlog" if live_schema == "public" else live_schema
     return f"{base}_replay", f"{base}_replaced"
-READ_MODEL_TABLES = ("runs", "history", "history_chunks", "state_transitions", "writers", "metric_definitions", "alerts")
+READ_MODEL_TABLES = ("runs", "history", "history_blocks", "history_chunks", "state_transitions", "writers",
+                     "metric_definitions", "alerts")
 READ_MODEL_VIEWS = ("projects",)
 KEPT_TABLES = ("event_store", "consumer_offsets", "schema_migrations", "webhooks", "alert_deliveries", "api_keys")
 BATCH = 5000

@@ -11,6 +11,26 @@ from events.values import tag_nonfinite, untag_nonfinite
 # samples from it. Changing it needs a migration that rebuilds history_chunks.
 CHUNK_STEPS = 100
 
+# Points per history block (sql/0011_history_blocks.sql): the most, and the fewest a write
+# stores as a block (a (run, key) with fewer new points in a batch gets one row per point).
+BLOCK_POINTS = 1000
+MIN_BLOCK_POINTS = 16
+
+# The points of history_blocks as rows (run_pk, key, step, value, value_json, rank), and every
+# point of history: the rows of `history` and of the blocks, which never share a step. Use it
+# as a table (`FROM {HISTORY_POINTS} h WHERE h.run_pk = $1 ...`): PostgreSQL pushes the run and
+# key conditions into both branches. Reads of a step range of a long key use the blocks' own
+# ranges instead (api.queries.HISTORY_SQL), as this would unnest every block of the key.
+BLOCK_POINTS_SQL = """SELECT b.run_pk, b.key,
+           CASE WHEN b.steps IS NULL THEN b.first_step + p.i - 1 ELSE b.steps[p.i] END AS step,
+           p.value, NULL::jsonb AS value_json, b.rank
+    FROM history_blocks b CROSS JOIN LATERAL unnest(b.vals) WITH ORDINALITY AS p(value, i)"""
+HISTORY_POINTS = f"""(
+    SELECT run_pk, key, step, value, value_json, rank FROM history
+    UNION ALL
+    {BLOCK_POINTS_SQL}
+)"""
+
 
 async def init_connection(conn: asyncpg.Connection) -> None:
     """jsonb in and out as Python objects, with non-finite floats tagged (jsonb has no NaN)."""

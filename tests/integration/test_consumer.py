@@ -13,6 +13,7 @@ from events import FinishPayload, InitPayload, LogPayload, LogRow, RunFinish, Ru
 from events.ids import new_writer_id
 from events.settings import Settings
 from projections.migrate import migrate
+from projections.db import HISTORY_POINTS
 
 from .helpers import eventually_async, send
 
@@ -77,7 +78,7 @@ async def test_a_resent_event_is_applied_once(local_stack: Settings, kafka_produ
     await send(kafka_producer, local_stack, *events[:-1], *events[1:3], *events[-1:])  # two logs sent twice
     row = await eventually_async(lambda: _finished(pool, project))
     assert await pool.fetchval("SELECT count(*) FROM event_store WHERE run_path = $1", events[0].run.path) == 5
-    assert await pool.fetchval("SELECT count(*) FROM history WHERE run_pk = $1", row["pk"]) == 3
+    assert await pool.fetchval(f"SELECT count(*) FROM {HISTORY_POINTS} h WHERE run_pk = $1", row["pk"]) == 3
     transitions = await pool.fetch("SELECT from_state, to_state, accepted FROM state_transitions WHERE run_pk = $1 "
                                    "ORDER BY id", row["pk"])
     assert [tuple(t) for t in transitions] == [(None, "running", True), ("running", "finished", True)]
@@ -102,7 +103,7 @@ async def test_a_redelivered_batch_changes_nothing_and_offsets_only_move_forward
     assert stored == 100 + len(records)
     row = await run_row(pool, project)
     assert row is not None and row["state"] == "finished"
-    assert await pool.fetchval("SELECT count(*) FROM history WHERE run_pk = $1", row["pk"]) == 4
+    assert await pool.fetchval(f"SELECT count(*) FROM {HISTORY_POINTS} h WHERE run_pk = $1", row["pk"]) == 4
 
 
 async def test_a_gap_in_a_writers_seq_is_recorded(local_stack: Settings, pool: asyncpg.Pool, project: str) -> None:
@@ -131,7 +132,7 @@ async def test_a_packed_log_covers_the_seqs_of_its_rows(local_stack: Settings, p
     assert tuple(writer) == (4, 0, 1)  # the resent pack is dropped by its id; the late row by its seq
     row = await run_row(pool, project)
     assert row is not None and row["state"] == "finished" and row["last_step"] == 2
-    history = await pool.fetch("SELECT step, value FROM history WHERE run_pk = $1 ORDER BY step", row["pk"])
+    history = await pool.fetch(f"SELECT step, value FROM {HISTORY_POINTS} h WHERE run_pk = $1 ORDER BY step", row["pk"])
     assert [(h["step"], h["value"]) for h in history] == [(0, 0.0), (1, 1.0), (2, 2.0)]
 
 

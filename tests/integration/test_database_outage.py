@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 from consumers.app import Projector
 from events import FinishPayload, InitPayload, LogPayload, RunFinish, RunInit, RunLog, RunRef, Source, encode
 from events.settings import Settings
+from projections.db import HISTORY_POINTS
 
 from .helpers import create_topic, eventually_async
 
@@ -108,7 +109,7 @@ async def test_consumer_waits_out_a_database_outage_and_catches_up_exactly_once(
         await eventually_async(lambda: _is(state("during"), "finished"), timeout=60)
         assert await offsets() == applied_before + len(during)
         pk = await pool.fetchval("SELECT pk FROM runs WHERE project = $1 AND run_id = 'during'", project)
-        assert await pool.fetchval("SELECT count(*) FROM history WHERE run_pk = $1", pk) == 50
+        assert await pool.fetchval(f"SELECT count(*) FROM {HISTORY_POINTS} h WHERE run_pk = $1", pk) == 50
         assert await pool.fetchval("SELECT count(*) FROM state_transitions WHERE run_pk = $1", pk) == 2
     finally:
         await producer.stop()

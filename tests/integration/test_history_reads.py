@@ -18,10 +18,10 @@ from api import queries
 from consumers.postgres import Record, apply_batch
 from events import InitPayload, LogPayload, RunInit, RunLog, RunRef, Source, encode
 from events.values import untag_nonfinite
-from projections.db import CHUNK_STEPS
+from projections.db import CHUNK_STEPS, HISTORY_POINTS
 
 from .helpers import Scoped
-from .test_replay import chunks_match_history
+from .test_replay import BLOCKS_BROKEN, chunks_match_history
 
 pytestmark = pytest.mark.integration
 
@@ -150,7 +150,74 @@ async def test_points_past_the_last_step_are_appended_and_a_broken_invariant_fal
     offset = await scoped.conn.fetchval("SELECT next_offset FROM consumer_offsets WHERE group_id = 'g'")
     records = [Record(0, offset + i, e, encode(e)) for i, e in enumerate(events)]
     await apply_batch(scoped.conn, "g", "t", records, {0: offset + len(records)})
-    values = dict(await scoped.conn.fetch("SELECT step, value FROM history WHERE run_pk = $1 AND step >= 150", pk))
+    values = dict(await scoped.conn.fetch(
+        f"SELECT step, value FROM {HISTORY_POINTS} h WHERE run_pk = $1 AND step >= 150", pk))
     assert values == {s: 7.0 for s in range(150, 170)}  # the stray point was overwritten, none lost
     assert "past runs.last_step" in caplog.text  # the COPY collided and the upsert took over
     assert await chunks_match_history(scoped.conn)
+
+
+async def log_batch(conn: asyncpg.Connection, rows: list[tuple[int, dict[str, Any]]], rank: int = 0) -> None:
+    """Apply one batch of logs of run ``r`` (made by :func:`load`) by writer ``w<rank>``, after what is stored."""
+    run = RunRef(entity="e", project="p", run_id="r")
+    writer = f"w{rank}" if rank else "w"
+    src = Source(kind="sdk", writer=writer, rank=rank)
+    seq = await conn.fetchval("SELECT coalesce(max(last_seq), 0) + 1 FROM writers WHERE writer = $1", writer)
+    events = [RunLog(run=run, source=src, seq=seq + i, time=T0, payload=LogPayload(step=step, values=values))
+              for i, (step, values) in enumerate(rows)]
+    offset = await conn.fetchval("SELECT next_offset FROM consumer_offsets WHERE group_id = 'g'")
+    records = [Record(0, offset + i, e, encode(e)) for i, e in enumerate(events)]
+    await apply_batch(conn, "g", "t", records, {0: offset + len(records)})
+
+
+async def test_bulk_points_go_to_blocks_and_a_late_point_moves_its_block_back_to_rows(scoped: Scoped) -> None:
+    conn = scoped.conn
+    loss = {s: float(s) for s in range(2_500)}
+    acc = {s: s / 7 for s in range(0, 2_500, 3)}
+    pk = await load(conn, {"loss": loss, "acc": acc})  # batches of 2,000 events: blocks of up to 1,000 points
+    assert await conn.fetchval("SELECT count(*) FROM history WHERE run_pk = $1", pk) == 0
+    assert await conn.fetchval("SELECT sum(n) FROM history_blocks WHERE run_pk = $1", pk) == len(loss) + len(acc)
+    assert await conn.fetchval("SELECT count(*) FROM history_blocks WHERE steps IS NOT NULL AND key = 'loss'") == 0
+
+    # A step logged again, and a lower rank writing a step already held: each moves the blocks that
+    # hold points of its chunk into rows, and the upsert's rules apply there.
+    await log_batch(conn, [(1_234, {"loss": -5.0})])
+    loss[1_234] = -5.0
+    await log_batch(conn, [(39, {"acc": 100.0})], rank=1)  # rank 1 does not overwrite rank 0's point
+    await log_batch(conn, [(41, {"acc": 100.0})], rank=1)  # no point there: stored
+    acc[41] = 100.0
+    await log_batch(conn, [(s, {"loss": 1.5}) for s in range(2_500, 2_505)])  # few points: rows
+    await log_batch(conn, [(s, {"loss": 2.5, "acc": 3.5}) for s in range(2_505, 3_000)])  # blocks again
+    loss.update({s: 1.5 for s in range(2_500, 2_505)} | {s: 2.5 for s in range(2_505, 3_000)})
+    acc.update({s: 3.5 for s in range(2_505, 3_000)})
+
+    stored = await conn.fetch(f"SELECT key, step, value FROM {HISTORY_POINTS} h WHERE run_pk = $1", pk)
+    assert {(r["key"], r["step"]): r["value"] for r in stored} == {
+        **{("loss", s): v for s, v in loss.items()}, **{("acc", s): v for s, v in acc.items()}}
+    assert len(stored) == len(loss) + len(acc)  # no step twice
+    rows_now = await conn.fetchval("SELECT count(*) FROM history WHERE run_pk = $1", pk)
+    assert 0 < rows_now < 2_500  # only the moved blocks' points and the small batch are rows
+    assert await conn.fetch(BLOCKS_BROKEN) == []
+    assert await chunks_match_history(conn)
+
+    # Scans across rows and blocks, for every page size and range, equal the points.
+    points: Points = {"loss": loss, "acc": acc}
+    for keys, min_step, max_step, page_size in [
+            (None, 0, None, 700), (["loss"], 0, None, 999), (["loss"], 1_230, 2_600, 64),
+            (["acc"], 7, None, 10_000), (None, 1_000, 2_501, 333), (["acc"], 41, 41, 5)]:
+        got, start = [], min_step
+        while start is not None:
+            page, start = await queries.history_page(conn, pk, keys, start, max_step, page_size)
+            got += page
+        wanted = keys or sorted(points)
+        steps = sorted({s for k in wanted for s in points[k] if s >= min_step and (max_step is None or s <= max_step)})
+        truth = [{"_step": s, **{k: points[k][s] for k in wanted if s in points[k]}} for s in steps]
+        if keys:
+            truth = [r for r in truth if all(k in r for k in keys)]
+        assert got == truth, (keys, min_step, max_step, page_size)
+
+    assert await queries.history_keys(conn, pk) == ["acc", "loss"]
+    # A sample with another metric as the x axis finds its values in rows and in blocks.
+    rows = await queries.history_sampled(conn, pk, ["loss"], 400, "acc")
+    assert rows and all(r["acc"] == acc[r["_step"]] and r["loss"] == loss[r["_step"]] for r in rows)
+    assert {r["_step"] for r in rows} == {s for s in expected_extremes(loss, 400) if s in acc}

@@ -9,18 +9,21 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from unittest.mock import patch
 
 import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import consumers.postgres
 from consumers.postgres import Record, apply_batch
 from consumers.replay import KEPT_TABLES, READ_MODEL_TABLES, READ_MODEL_VIEWS, replay
 from events import (AlertPayload, Event, FinishPayload, HeartbeatPayload, InitPayload, LogPayload, LogRow, MetricPayload,
                     RunAlert, RunFinish, RunHeartbeat, RunInit, RunLog, RunMetric, RunPreempting, RunRef,
                     RunSummary, RunTags, Source, SummaryPayload, TagsPayload, encode)
 from events.settings import Settings
+from projections.db import BLOCK_POINTS, HISTORY_POINTS, MIN_BLOCK_POINTS
 
 from .helpers import Scoped, create_topic
 
@@ -28,11 +31,29 @@ pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
+# history_blocks is compared on its invariants (sql/0011_history_blocks.sql), which must hold in
+# both: no step both in a block and in `history`, no two blocks of a key overlapping, sizes right.
+BLOCKS_BROKEN = """
+SELECT 'in both', b.run_pk, b.key, h.step FROM history_blocks b
+JOIN history h ON h.run_pk = b.run_pk AND h.key = b.key AND h.step BETWEEN b.first_step AND b.last_step
+WHERE b.steps IS NULL OR h.step = ANY(b.steps)
+UNION ALL
+SELECT 'overlap', a.run_pk, a.key, a.first_step FROM history_blocks a
+JOIN history_blocks b ON b.run_pk = a.run_pk AND b.key = a.key AND b.first_step > a.first_step
+WHERE b.first_step <= a.last_step
+UNION ALL
+SELECT 'size', run_pk, key, first_step FROM history_blocks
+WHERE n <> cardinality(vals) OR (steps IS NULL AND last_step - first_step + 1 <> n)
+   OR (steps IS NOT NULL AND (cardinality(steps) <> n OR steps[1] <> first_step OR steps[n] <> last_step))
+"""
+
 # What a read model row is compared on: everything but surrogate keys and wall-clock stamps.
 RUN_KEY = "(SELECT entity || '/' || project || '/' || run_id FROM runs r WHERE r.pk = t.run_pk)"
 DUMPS = {
     "runs": "SELECT to_jsonb(t) - 'pk' FROM runs t ORDER BY entity, project, run_id",
-    "history": f"SELECT {RUN_KEY}, key, step, value::text, value_json, rank FROM history t ORDER BY 1, 2, 3",
+    # The points, wherever they are stored: which of them are in blocks depends on batch sizes.
+    "history": f"SELECT {RUN_KEY}, key, step, value::text, value_json, rank FROM {HISTORY_POINTS} t ORDER BY 1, 2, 3",
+    "history_blocks": BLOCKS_BROKEN,
     "history_chunks": f"SELECT {RUN_KEY}, key, chunk, n, first_step, last_step, lo::text, hi::text "
                       "FROM history_chunks t ORDER BY 1, 2, 3",
     "state_transitions": f"SELECT {RUN_KEY}, from_state, to_state, accepted, event_time, event_id, actor, reason "
@@ -158,27 +179,32 @@ def deliveries(draw: st.DrawFn) -> list[tuple[list[Record], dict[int, int]]]:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow, HealthCheck.data_too_large,
                                                                  HealthCheck.large_base_example])
-@given(stream=deliveries())
-async def test_live_projections_equal_a_full_replay(scoped: Scoped,
-                                                    stream: list[tuple[list[Record], dict[int, int]]]) -> None:
+@given(stream=deliveries(), fewest=st.sampled_from([1, 2, MIN_BLOCK_POINTS]),
+       most=st.sampled_from([2, 3, BLOCK_POINTS]))
+async def test_live_projections_equal_a_full_replay(scoped: Scoped, stream: list[tuple[list[Record], dict[int, int]]],
+                                                    fewest: int, most: int) -> None:
+    """With history blocks from a point up (the streams are short), split every few points."""
     conn = scoped.conn
     await conn.execute("TRUNCATE " + ", ".join([*READ_MODEL_TABLES, "event_store", "consumer_offsets"]))
-    for records, consumed in stream:
-        await apply_batch(conn, "g", "topic", records, consumed)
-    live = await dump(conn)
-    assert await chunks_match_history(conn)
-    await replay_in(scoped)
+    with (patch.object(consumers.postgres, "MIN_BLOCK_POINTS", fewest),
+          patch.object(consumers.postgres, "BLOCK_POINTS", most)):
+        for records, consumed in stream:
+            await apply_batch(conn, "g", "topic", records, consumed)
+        live = await dump(conn)
+        assert live["history_blocks"] == []  # the blocks' invariants hold
+        assert await chunks_match_history(conn)
+        await replay_in(scoped)
     assert await dump(conn) == live
 
 
 async def chunks_match_history(conn: asyncpg.Connection) -> bool:
     """Every history chunk row equals the roll-up of its points, and every numeric point has one."""
-    differences = await conn.fetchval("""
+    differences = await conn.fetchval(f"""
         WITH truth AS (
             SELECT run_pk, key, step / 100 AS chunk, count(*)::int AS n, min(step) AS first_step,
                    max(step) AS last_step, min(ARRAY[value, step::float8])::text AS lo,
                    max(ARRAY[value, -step::float8])::text AS hi
-            FROM history WHERE value IS NOT NULL GROUP BY 1, 2, 3),
+            FROM {HISTORY_POINTS} h WHERE value IS NOT NULL GROUP BY 1, 2, 3),
         stored AS (
             SELECT run_pk, key, chunk, n, first_step, last_step, lo::text, hi::text FROM history_chunks WHERE n > 0)
         SELECT count(*) FROM ((TABLE truth EXCEPT TABLE stored) UNION ALL (TABLE stored EXCEPT TABLE truth)) d""")
@@ -280,7 +306,8 @@ async def test_replay_in_worker_processes_equals_live(scoped: Scoped, local_stac
     shares = await conn.fetchval("SELECT count(DISTINCT (hashtext(run_path) & 2147483647) % 2) FROM event_store")
     assert shares == 2  # both workers get runs
     live = await dump(conn)
-    await conn.execute("UPDATE runs SET state = 'killed', tags = '{}'; DELETE FROM history WHERE step > 50")
+    await conn.execute("UPDATE runs SET state = 'killed', tags = '{}'; DELETE FROM history WHERE step > 50; "
+                       "DELETE FROM history_blocks WHERE last_step > 50")
 
     result = await replay(conn, live_schema=scoped.schema, workers=2, dsn=local_stack.database_url,
                           parallel_min_events=0)

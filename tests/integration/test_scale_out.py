@@ -20,6 +20,7 @@ from events import (Event, FinishPayload, InitPayload, LogPayload, RunFinish, Ru
                     Source, TagsPayload, encode, utcnow)
 from events.settings import Settings
 from projections.fold import HistoryRow, RunState, fold
+from projections.db import HISTORY_POINTS
 
 from .helpers import create_topic, eventually_async
 
@@ -116,7 +117,7 @@ async def test_sigkill_of_one_consumer_loses_nothing_and_applies_nothing_twice(
         assert (row["state"], tuple(row["tags"]), row["summary"], row["last_step"]) == (
             expected.state, expected.tags, expected.summary, expected.last_step)
         got = {(r["key"], r["step"]): r["value"] for r in
-               await pool.fetch("SELECT key, step, value FROM history WHERE run_pk = $1", row["pk"])}
+               await pool.fetch(f"SELECT key, step, value FROM {HISTORY_POINTS} h WHERE run_pk = $1", row["pk"])}
         assert got == history
         assert await pool.fetchval("SELECT count(*) FROM state_transitions WHERE run_pk = $1",
                                    row["pk"]) == len(transitions)  # not applied twice
