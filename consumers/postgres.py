@@ -12,9 +12,13 @@ The fold itself is pure (``projections.fold``); this module only loads and write
 
 from __future__ import annotations
 
+import bisect
 import logging
+import math
+import operator
 from collections import defaultdict
 from dataclasses import dataclass, fields
+from itertools import islice
 from typing import Any
 
 import asyncpg
@@ -23,7 +27,7 @@ from events.codec import dumps
 
 from events import Event, RunLog
 from projections.db import BLOCK_POINTS, CHUNK_STEPS, MIN_BLOCK_POINTS
-from projections.fold import AlertRow, HistoryRow, MetricRow, RunState, TransitionRow, fold, fold_logs
+from projections.fold import AlertRow, HistoryColumn, MetricRow, RunState, TransitionRow, fold, fold_logs
 
 
 log = logging.getLogger("runlog.consumer")
@@ -296,7 +300,7 @@ async def _project(conn: asyncpg.Connection, events: list[Event]) -> None:
         states[path], pks[path] = st, row["pk"]
 
     before_last = {path: st.last_step for path, st in states.items() if st is not None}
-    history: dict[tuple[str, str, int], HistoryRow] = {}
+    history: dict[tuple[str, str], list[HistoryColumn]] = {}  # (run path, key) -> its columns, in order
     transitions: list[tuple[str, TransitionRow]] = []
     definitions: dict[tuple[str, str], MetricRow] = {}
     alerts: list[tuple[str, AlertRow]] = []
@@ -306,11 +310,8 @@ async def _project(conn: asyncpg.Connection, events: list[Event]) -> None:
         else:
             states[path], rows = fold_logs(states[path], group)  # type: ignore[arg-type]
         for row in rows:
-            if type(row) is HistoryRow:  # one per logged value: the exact type test is the cheap one
-                k = (path, row.key, row.step)
-                kept = history.get(k)
-                if kept is None or row.rank <= kept.rank:  # lowest rank wins, then the later write
-                    history[k] = row
+            if type(row) is HistoryColumn:
+                history.setdefault((path, row.key), []).append(row)
             elif isinstance(row, TransitionRow):
                 transitions.append((path, row))
             elif isinstance(row, MetricRow):
@@ -359,30 +360,30 @@ async def _project(conn: asyncpg.Connection, events: list[Event]) -> None:
         )
 
 
-async def _write_history(conn: asyncpg.Connection, history: dict[tuple[str, str, int], HistoryRow],
+Points = tuple[list[int], list[float | None], int | list[int]]  # steps (ascending), values, rank(s)
+
+
+async def _write_history(conn: asyncpg.Connection, history: dict[tuple[str, str], list[HistoryColumn]],
                          pks: dict[str, int], before_last: dict[str, int | None]) -> None:
     """Write the batch's history points and keep their chunks (see HISTORY_SQL's comment).
 
     New numeric points of a (run, key) become blocks (sql/0011_history_blocks.sql) when there
     are at least MIN_BLOCK_POINTS of them, all of one rank, and no other point of that (run, key)
-    in this batch needs the upsert; everything else is one row per point in ``history``."""
-    appended: dict[tuple[int, str], list[tuple[int, float | None, int]]] = {}
+    in this batch needs the upsert; everything else is one row per point in ``history``. The
+    usual batch (one rank logging steps past the run's last one) takes list operations per key,
+    nothing per point in Python beyond the COPY's encoding (:func:`_new_points`)."""
+    appended: dict[tuple[int, str], Points] = {}
     staged: list[tuple[Any, ...]] = []
-    for (path, key, step), h in history.items():
-        last = before_last.get(path)
-        if h.value_json is None and (last is None or step > last):
-            group = appended.get((pks[path], key))
-            if group is None:
-                appended[(pks[path], key)] = [(step, h.value, h.rank)]
-            else:
-                group.append((step, h.value, h.rank))
-        else:
-            staged.append((pks[path], key, step, h.value,
-                           None if h.value_json is None else dumps(h.value_json).decode(), h.rank))
+    for (path, key), columns in history.items():
+        pk, last = pks[path], before_last.get(path)
+        new = _new_points(columns, last)
+        if new is None:
+            new = _sort_points(pk, key, columns, last, staged)
+        if new[0]:
+            appended[(pk, key)] = new
     upserted = {(pk, key) for pk, key, *_ in staged}
-    blockable = [(pk, key) for (pk, key), points in appended.items()
-                 if len(points) >= MIN_BLOCK_POINTS and (pk, key) not in upserted
-                 and all(p[2] == points[0][2] for p in points)]
+    blockable = [(pk, key) for (pk, key), (steps, _, rank) in appended.items()
+                 if len(steps) >= MIN_BLOCK_POINTS and (pk, key) not in upserted and type(rank) is int]
     if blockable:  # a block's COPY meets no key that would catch a broken invariant: look first
         after = {pk: before_last.get(path) for path, pk in pks.items()}
         broken = await conn.fetch(STORED_PAST_SQL, [g[0] for g in blockable], [g[1] for g in blockable],
@@ -390,15 +391,18 @@ async def _write_history(conn: asyncpg.Connection, history: dict[tuple[str, str,
         if broken:
             log.warning("history already held points past runs.last_step; upserting this batch's points")
             for pk, key in broken:
-                staged += [(pk, key, step, value, None, rank) for step, value, rank in appended.pop((pk, key))]
+                staged += _point_rows(pk, key, appended.pop((pk, key)), json=True)
                 blockable.remove((pk, key))
     blocks: list[tuple[Any, ...]] = []
     for pk, key in blockable:
-        points = appended[(pk, key)]
-        blocks += _blocks(pk, key, points[0][2], points)
+        steps, values, rank = appended[(pk, key)]
+        for i in range(0, len(steps), BLOCK_POINTS):
+            part = steps[i:i + BLOCK_POINTS]
+            first, last, n = part[0], part[-1], len(part)
+            blocks.append((pk, key, first, last, n, rank, None if last - first == n - 1 else part,
+                           values[i:i + BLOCK_POINTS]))
     as_blocks = set(blockable)
-    rows = [(pk, key, step, value, rank) for (pk, key), points in appended.items() if (pk, key) not in as_blocks
-            for step, value, rank in points]
+    rows = [row for k, new in appended.items() if k not in as_blocks for row in _point_rows(*k, new)]
     await _stage(conn, "chunk_stage", "run_pk bigint, key text, chunk bigint, fresh boolean, n integer, "
                  "first_step bigint, last_step bigint, lo float8[], hi float8[]")
     if rows:
@@ -409,12 +413,12 @@ async def _write_history(conn: asyncpg.Connection, history: dict[tuple[str, str,
         except asyncpg.UniqueViolationError:
             log.warning("history already held points past runs.last_step; upserting this batch's points")
             staged += [(pk, key, step, value, None, rank) for pk, key, step, value, rank in rows]
-            moved = {(pk, key) for pk, key, *_ in rows}
-            appended = {k: v for k, v in appended.items() if k not in moved}
+            appended = {k: v for k, v in appended.items() if k in as_blocks}
     if blocks:
         await conn.copy_records_to_table("history_blocks", records=blocks, columns=BLOCK_COLUMNS)
     if appended:
-        await conn.copy_records_to_table("chunk_stage", records=_roll_up(appended))
+        await conn.copy_records_to_table("chunk_stage", records=[
+            chunk for (pk, key), (steps, values, _) in appended.items() for chunk in _roll_up(pk, key, steps, values)])
     if staged:
         # COPY (binary, encoded in asyncpg's C code) into a per-connection staging table, then one
         # set-based upsert: several times faster than unnest() arrays encoded value by value.
@@ -428,43 +432,104 @@ async def _write_history(conn: asyncpg.Connection, history: dict[tuple[str, str,
         await conn.execute(RECOMPUTE_CHUNKS_SQL)
 
 
-def _blocks(pk: int, key: str, rank: int, points: list[tuple[int, float | None, int]]) -> list[tuple[Any, ...]]:
-    """history_blocks rows for the new points (step, value, rank) of one (run, key): in step
-    order, BLOCK_POINTS at most each, steps NULL when they have no gap."""
-    points.sort()  # logged in step order almost always; a sorted list costs one pass
+def _new_points(columns: list[HistoryColumn], last: int | None) -> Points | None:
+    """The points of one (run, key) when they are the usual case: one rank, steps ascending without
+    a repeat and past ``last``, every value a number. Else None (see :func:`_sort_points`)."""
+    rank = columns[0].rank
+    if len(columns) == 1:
+        steps, values = columns[0].steps, columns[0].values
+    elif all(c.rank == rank for c in columns):
+        steps = [s for c in columns for s in c.steps]
+        values = [v for c in columns for v in c.values]
+    else:
+        return None
+    if (last is not None and steps[0] <= last) or not all(map(operator.lt, steps, islice(steps, 1, None))):
+        return None
+    kinds = set(map(type, values))
+    if kinds == {float}:
+        return steps, values, rank
+    if kinds <= {float, int}:
+        return steps, [float(v) for v in values], rank
+    return None
+
+
+def _sort_points(pk: int, key: str, columns: list[HistoryColumn], last: int | None,
+                 staged: list[tuple[Any, ...]]) -> Points:
+    """The general case, point by point: at each step the lowest rank wins, then the later write.
+    Numbers (and JSON null) past ``last`` are returned as new points; the others are added to
+    ``staged`` for the upsert (JSON values as text)."""
+    kept: dict[int, tuple[Any, int]] = {}
+    for c in columns:
+        for step, value in zip(c.steps, c.values):
+            held = kept.get(step)
+            if held is None or c.rank <= held[1]:
+                kept[step] = (value, c.rank)
+    steps: list[int] = []
+    values: list[float | None] = []
+    ranks: list[int] = []
+    for step in sorted(kept):
+        value, rank = kept[step]
+        kind = type(value)
+        number = kind is float or kind is int
+        if (number or value is None) and (last is None or step > last):
+            steps.append(step)
+            values.append(None if value is None else float(value))
+            ranks.append(rank)
+        else:
+            staged.append((pk, key, step, float(value) if number else None,
+                           None if number or value is None else dumps(value).decode(), rank))
+    return steps, values, (ranks[0] if ranks and ranks.count(ranks[0]) == len(ranks) else ranks)
+
+
+def _point_rows(pk: int, key: str, points: Points, json: bool = False) -> list[tuple[Any, ...]]:
+    """One ``history`` row per point ``(run_pk, key, step, value, rank)``; with ``json`` in the
+    staging shape, with a value_json column (None: the points are numbers or null)."""
+    steps, values, rank = points
+    ranks = [rank] * len(steps) if type(rank) is int else rank
+    if json:
+        return [(pk, key, s, v, None, r) for s, v, r in zip(steps, values, ranks)]
+    return [(pk, key, s, v, r) for s, v, r in zip(steps, values, ranks)]
+
+
+def _roll_up(pk: int, key: str, steps: list[int], values: list[float | None]) -> list[tuple[Any, ...]]:
+    """chunk_stage rows (all fresh) for new points of one (run, key), steps ascending: per chunk
+    the count, first and last step, and the lowest and highest point, in PostgreSQL's float8
+    order (-inf lowest, NaN highest and equal to NaN) with its tie rule (the lowest step), so
+    they merge exactly like the SQL roll-up of the upsert path. A chunk of plain numbers takes
+    min/max/index over its slice; one with a NaN or a null goes point by point."""
     out = []
-    for i in range(0, len(points), BLOCK_POINTS):
-        part = points[i:i + BLOCK_POINTS]
-        steps = [p[0] for p in part]
-        first, last = steps[0], steps[-1]
-        out.append((pk, key, first, last, len(part), rank, None if last - first == len(steps) - 1 else steps,
-                    [p[1] for p in part]))
+    i, n = 0, len(steps)
+    while i < n:
+        chunk = steps[i] // CHUNK_STEPS
+        j = bisect.bisect_left(steps, (chunk + 1) * CHUNK_STEPS, i)
+        vals = values[i:j]
+        if None in vals or any(map(math.isnan, vals)):  # type: ignore[arg-type]
+            out += _roll_up_points(pk, key, chunk, steps[i:j], vals)
+        else:
+            lo, hi = min(vals), max(vals)  # type: ignore[type-var]
+            lo_step, hi_step = steps[i + vals.index(lo)], steps[i + vals.index(hi)]
+            # -float(step), as SQL's -step::float8: step 0 gives -0.0 there, and the stored arrays match.
+            out.append((pk, key, chunk, True, j - i, steps[i], steps[j - 1], [lo, float(lo_step)], [hi, -float(hi_step)]))
+        i = j
     return out
 
 
-def _roll_up(points: dict[tuple[int, str], list[tuple[int, float | None, int]]]) -> list[tuple[Any, ...]]:
-    """chunk_stage rows (all fresh) for new points, ``{(run_pk, key): [(step, value, rank)]}``, with
-    PostgreSQL's float8 order (-inf lowest, NaN highest and equal to NaN) and its tie rule (the
-    lowest step), so they merge exactly like the SQL roll-up of the upsert path."""
-    chunks: dict[tuple[int, str, int], list[Any]] = {}
-    for (pk, key), group in points.items():
-        for step, value, _rank in group:
-            if value is None:
-                continue
-            order = (1, 0.0) if value != value else (0, value)
-            c = chunks.get((pk, key, step // CHUNK_STEPS))
-            if c is None:  # [n, first, last, lo order, lo step, lo value, hi order, hi step, hi value]
-                chunks[(pk, key, step // CHUNK_STEPS)] = [1, step, step, order, step, value, order, step, value]
-                continue
-            c[0] += 1
-            if step < c[1]:
-                c[1] = step
-            if step > c[2]:
-                c[2] = step
-            if order < c[3] or (order == c[3] and step < c[4]):
-                c[3], c[4], c[5] = order, step, value
-            if order > c[6] or (order == c[6] and step < c[7]):
-                c[6], c[7], c[8] = order, step, value
-    # -float(step), as SQL's -step::float8: step 0 gives -0.0 there, and the stored arrays match.
-    return [(pk, key, chunk, True, c[0], c[1], c[2], [c[5], float(c[4])], [c[8], -float(c[7])])
-            for (pk, key, chunk), c in chunks.items()]
+def _roll_up_points(pk: int, key: str, chunk: int, steps: list[int], values: list[float | None]) -> list[tuple[Any, ...]]:
+    """One chunk's row as :func:`_roll_up`, point by point (NaN and null handled); none if no number."""
+    c: list[Any] | None = None  # [n, first, last, lo order, lo step, lo value, hi order, hi step, hi value]
+    for step, value in zip(steps, values):
+        if value is None:
+            continue
+        order = (1, 0.0) if value != value else (0, value)
+        if c is None:
+            c = [1, step, step, order, step, value, order, step, value]
+            continue
+        c[0] += 1
+        c[2] = step
+        if order < c[3]:  # steps ascend: a tie keeps the earlier (lower) step
+            c[3], c[4], c[5] = order, step, value
+        if order > c[6]:
+            c[6], c[7], c[8] = order, step, value
+    if c is None:
+        return []
+    return [(pk, key, chunk, True, c[0], c[1], c[2], [c[5], float(c[4])], [c[8], -float(c[7])])]

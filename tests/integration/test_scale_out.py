@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 from events import (Event, FinishPayload, InitPayload, LogPayload, RunFinish, RunInit, RunLog, RunRef, RunTags,
                     Source, TagsPayload, encode, utcnow)
 from events.settings import Settings
-from projections.fold import HistoryRow, RunState, fold
+from projections.fold import HistoryColumn, RunState, fold, history_points
 from projections.db import HISTORY_POINTS
 
 from .helpers import create_topic, eventually_async
@@ -105,11 +105,9 @@ async def test_sigkill_of_one_consumer_loses_nothing_and_applies_nothing_twice(
         transitions = []
         for event in events:
             expected, rows = fold(expected, event)
-            for row in rows:
-                if isinstance(row, HistoryRow):
-                    history[(row.key, row.step)] = row.value
-                else:
-                    transitions.append(row)
+            for point in history_points(rows):
+                history[(point.key, point.step)] = point.value
+            transitions += [row for row in rows if not isinstance(row, HistoryColumn)]
         assert expected is not None
         entity, proj, run_id = path.split("/")
         row = await pool.fetchrow("SELECT * FROM runs WHERE entity = $1 AND project = $2 AND run_id = $3",
