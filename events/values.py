@@ -144,14 +144,21 @@ def flatten(data: Mapping[str, Any], sep: str = ".") -> dict[str, Any]:
     return out
 
 
+_GOOD_KEYS: set[str] = set()  # keys check_key accepted: a run logs the same few keys over and over
+
+
 def check_values(data: Mapping[Any, Any], where: str = "values") -> dict[str, Value]:
     """Check an already flat mapping of values (count, keys, values); return a plain dict."""
-    if not isinstance(data, Mapping):
+    if type(data) is not dict and not isinstance(data, Mapping):  # the exact test first: ABCs are slow
         raise ValueError(f"{where} must be a mapping, not {type(data).__name__}")
     check_key_count(data, where)
+    good = _GOOD_KEYS
     out: dict[str, Value] = {}
-    for k, v in data.items():  # once per logged point: plain numbers take the short way
-        check_key(k)
+    for k, v in data.items():  # once per logged point: known keys and plain numbers take the short way
+        if k not in good or type(k) is not str:
+            check_key(k)
+            if len(good) < 100_000:
+                good.add(k)
         t = type(v)
         out[k] = v if t is float or (t is int and INT64_MIN <= v <= INT64_MAX) else check_value(k, v)
     return out
