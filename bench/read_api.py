@@ -8,7 +8,7 @@ Kafka 49092 (controller 49093), PostgreSQL 45432, API 48080, with fresh data eac
 Kafka jars are kept), and stops it at the end (``--keep`` leaves it up). Every RUNLOG_* variable
 is set before runlog code is imported; ``up`` refuses ports that are taken.
 
-The read models are loaded DIRECTLY into PostgreSQL (COPY into ``runs`` and ``history``), not
+The read models are loaded DIRECTLY into PostgreSQL (COPY into ``runs`` and ``history_blocks``), not
 through Kafka and the consumer: what is measured is the API's reads, over HTTP, sequentially,
 with one keep-alive httpx client. See bench/README.md for what each number means.
 
@@ -57,6 +57,8 @@ for _var in ("RUNLOG_API_KEY", "RUNLOG_PROJECT", "RANK", "RUNLOG_API_AUTH_READS"
 
 import httpx  # noqa: E402
 import orjson  # noqa: E402
+
+from projections.db import BLOCK_POINTS, HISTORY_POINTS  # noqa: E402
 
 ENTITY = "bench"
 MLFLOW_BIN = Path("/tmp/mlflow-venv/bin")
@@ -140,12 +142,12 @@ async def copy_history(conn, project: str, run_id: str, points: int) -> float:
         """INSERT INTO runs (entity, project, run_id, name, state, created_at, updated_at, last_step, summary)
            VALUES ($1, $2, $3, $3, 'finished', $4, $4, $5, $6::text::jsonb) RETURNING pk""",
         ENTITY, project, run_id, T0, points - 1, orjson.dumps({"loss": metric_value(points - 1)}).decode())
-    step = 0
-    while step < points:
-        end = min(points, step + 200_000)
-        await conn.copy_records_to_table("history", columns=["run_pk", "key", "step", "value", "rank"],
-                                         records=[(pk, "loss", s, metric_value(s), 0) for s in range(step, end)])
-        step = end
+    # As the consumer stores points logged in bulk: blocks of BLOCK_POINTS consecutive steps.
+    blocks = [(pk, "loss", s, min(points, s + BLOCK_POINTS) - 1, min(points, s + BLOCK_POINTS) - s, 0, None,
+               [metric_value(x) for x in range(s, min(points, s + BLOCK_POINTS))])
+              for s in range(0, points, BLOCK_POINTS)]
+    await conn.copy_records_to_table("history_blocks", records=blocks,
+                                     columns=["run_pk", "key", "first_step", "last_step", "n", "rank", "steps", "vals"])
     # The consumer keeps history_chunks in step with history; a direct load rolls up the same way.
     await conn.execute(CHUNKS_FROM_HISTORY, pk)
     return time.perf_counter() - t
@@ -155,9 +157,9 @@ CHUNKS_FROM_HISTORY = """
 INSERT INTO history_chunks (run_pk, key, chunk, n, first_step, last_step, lo, hi)
 SELECT run_pk, key, step / 100, count(*), min(step), max(step),
        min(ARRAY[value, step::float8]), max(ARRAY[value, -step::float8])
-FROM history WHERE run_pk = $1 AND value IS NOT NULL
+FROM {points} h WHERE run_pk = $1 AND value IS NOT NULL
 GROUP BY run_pk, key, step / 100
-"""
+""".format(points=HISTORY_POINTS)
 
 
 # -- measuring --------------------------------------------------------------------------------------
@@ -400,6 +402,7 @@ class Bench:
             # map (index-only counts need it) and it is not left to run during the measurements.
             await conn.execute("VACUUM ANALYZE runs")
             await conn.execute("VACUUM ANALYZE history")
+            await conn.execute("VACUUM ANALYZE history_blocks")
             await conn.execute("VACUUM ANALYZE history_chunks")
             t_an = time.perf_counter() - t
         finally:
@@ -453,7 +456,7 @@ class Bench:
     async def explain_all(self, project: str, hist_project: str | None, points: int) -> dict:
         import asyncpg
 
-        from api.queries import CHUNK_SAMPLED_SQL, HISTORY_SQL
+        from api.queries import CHUNK_SAMPLED_SQL, HISTORY_BLOCKS_SQL, HISTORY_SQL
         from projections.db import init_connection
 
         conn = await asyncpg.connect(self.s.database_url)
@@ -466,6 +469,8 @@ class Bench:
                                          ENTITY, hist_project)
                 out["sampled_500"] = await explain(conn, CHUNK_SAMPLED_SQL, [pk, ["loss"], [points // 249 // 100 * 100 + 100]])
                 out["scan_page_middle"] = await explain(conn, HISTORY_SQL, [pk, ["loss"], points // 2, None, 10_001])
+                out["scan_page_middle_blocks"] = await explain(conn, HISTORY_BLOCKS_SQL,
+                                                               [pk, ["loss"], points // 2, None, 10_001])
         finally:
             await conn.close()
         for name, e in out.items():
