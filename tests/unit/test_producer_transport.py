@@ -58,3 +58,48 @@ def test_kafka_transport_with_no_broker_never_blocks_the_caller():
     assert transport.close(0) == 1000  # idempotent
     with pytest.raises(RuntimeError, match="closed"):
         transport.send(_event(1000))
+
+
+def test_switch_boost_shortens_the_interval_while_any_owner_is_behind_and_restores_it():
+    import sys
+
+    from producer._transport import _SwitchBoost
+
+    before = sys.getswitchinterval()
+    boost, a, b = _SwitchBoost(), object(), object()
+    try:
+        boost.engage(a)
+        assert sys.getswitchinterval() == pytest.approx(_SwitchBoost.INTERVAL)
+        boost.engage(a)  # twice: still one owner
+        boost.engage(b)
+        boost.disengage(a)
+        assert sys.getswitchinterval() == pytest.approx(_SwitchBoost.INTERVAL)  # b is still behind
+        boost.disengage(b)
+        assert sys.getswitchinterval() == before
+        boost.disengage(b)  # not engaged: nothing happens
+        assert sys.getswitchinterval() == before
+        boost.engage(a)
+        sys.setswitchinterval(0.002)  # the program changed it meanwhile: that setting stays
+        boost.disengage(a)
+        assert sys.getswitchinterval() == pytest.approx(0.002)
+    finally:
+        sys.setswitchinterval(before)
+
+
+def test_a_transport_that_fell_behind_gives_the_switch_interval_back(monkeypatch):
+    import sys
+
+    import producer._transport as transport_module
+
+    engaged = []
+    engage = transport_module._BOOST.engage
+    monkeypatch.setattr(transport_module._BOOST, "engage", lambda owner: (engaged.append(owner), engage(owner)))
+    before = sys.getswitchinterval()
+    transport = KafkaTransport(Settings(bootstrap_servers=f"127.0.0.1:{_dead_port()}", events_topic="t"),
+                               online=False)
+    for seq in range(20 * KafkaTransport.BEHIND):  # faster than the spooler: it falls behind
+        transport.send(_event(seq))
+    assert transport.flush(10) == 20 * KafkaTransport.BEHIND  # offline: spooled, none acknowledged
+    transport.close(5)
+    assert engaged and engaged[0] is transport  # it did fall behind
+    assert sys.getswitchinterval() == before
