@@ -29,6 +29,8 @@ from events import Event, RunLog
 from projections.db import BLOCK_POINTS, CHUNK_STEPS, MIN_BLOCK_POINTS
 from projections.fold import AlertRow, HistoryColumn, MetricRow, RunState, TransitionRow, fold, fold_logs
 
+from . import copy_blocks
+
 
 log = logging.getLogger("runlog.consumer")
 
@@ -253,7 +255,6 @@ WHERE g.after IS NOT NULL AND (
     EXISTS (SELECT 1 FROM history h WHERE h.run_pk = g.pk AND h.key = g.key AND h.step > g.after)
     OR EXISTS (SELECT 1 FROM history_blocks b WHERE b.run_pk = g.pk AND b.key = g.key AND b.last_step > g.after))
 """
-BLOCK_COLUMNS = ["run_pk", "key", "first_step", "last_step", "n", "rank", "steps", "vals"]
 RUN_COLUMNS = [f.name for f in fields(RunState)]
 DB_COLUMNS = ["run_group" if c == "group" else c for c in RUN_COLUMNS]
 UPSERT_RUN_SQL = f"""INSERT INTO runs ({', '.join(DB_COLUMNS)})
@@ -382,8 +383,9 @@ async def _write_history(conn: asyncpg.Connection, history: dict[tuple[str, str]
         if new[0]:
             appended[(pk, key)] = new
     upserted = {(pk, key) for pk, key, *_ in staged}
-    blockable = [(pk, key) for (pk, key), (steps, _, rank) in appended.items()
-                 if len(steps) >= MIN_BLOCK_POINTS and (pk, key) not in upserted and type(rank) is int]
+    blockable = [(pk, key) for (pk, key), (steps, values, rank) in appended.items()
+                 if len(steps) >= MIN_BLOCK_POINTS and (pk, key) not in upserted and type(rank) is int
+                 and None not in values]
     if blockable:  # a block's COPY meets no key that would catch a broken invariant: look first
         after = {pk: before_last.get(path) for path, pk in pks.items()}
         broken = await conn.fetch(STORED_PAST_SQL, [g[0] for g in blockable], [g[1] for g in blockable],
@@ -415,7 +417,9 @@ async def _write_history(conn: asyncpg.Connection, history: dict[tuple[str, str]
             staged += [(pk, key, step, value, None, rank) for pk, key, step, value, rank in rows]
             appended = {k: v for k, v in appended.items() if k in as_blocks}
     if blocks:
-        await conn.copy_records_to_table("history_blocks", records=blocks, columns=BLOCK_COLUMNS)
+        await conn.copy_to_table("history_blocks", source=memoryview(copy_blocks.encode(blocks)),
+                                 columns=copy_blocks.COLUMNS,
+                                 format="binary")
     if appended:
         await conn.copy_records_to_table("chunk_stage", records=[
             chunk for (pk, key), (steps, values, _) in appended.items() for chunk in _roll_up(pk, key, steps, values)])

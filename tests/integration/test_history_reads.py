@@ -221,3 +221,24 @@ async def test_bulk_points_go_to_blocks_and_a_late_point_moves_its_block_back_to
     rows = await queries.history_sampled(conn, pk, ["loss"], 400, "acc")
     assert rows and all(r["acc"] == acc[r["_step"]] and r["loss"] == loss[r["_step"]] for r in rows)
     assert {r["_step"] for r in rows} == {s for s in expected_extremes(loss, 400) if s in acc}
+
+
+async def test_blocks_copied_in_binary_read_back_exactly(scoped: Scoped) -> None:
+    """consumers.copy_blocks writes PostgreSQL's binary COPY format itself: every float (NaN,
+    infinities, -0.0, subnormals, the extremes) and step (gaps, big ones) must come back as sent."""
+    from consumers import copy_blocks
+
+    floats = [0.0, -0.0, 1.5, -2.25, math.inf, -math.inf, math.nan, 5e-324, 1.7976931348623157e308, 1 / 3]
+    steps = [0, 1, 5, 6, 7, 1_000, 2**40, 2**40 + 1, 2**62, 2**63 - 1]
+    rows = [(42, "loss/é", steps[0], steps[-1], len(steps), 3, steps, floats),
+            (42, "acc", 10, 19, 10, 0, None, [float(i) for i in range(10)])]
+    await scoped.conn.copy_to_table("history_blocks", source=memoryview(copy_blocks.encode(rows)),
+                                    columns=copy_blocks.COLUMNS, format="binary")
+    got = await scoped.conn.fetch(f"SELECT key, step, value, rank FROM {HISTORY_POINTS} h WHERE run_pk = 42 "
+                                  "ORDER BY key, step")
+    assert [(r["key"], r["step"], r["rank"]) for r in got] == (
+        [("acc", s, 0) for s in range(10, 20)] + [("loss/é", s, 3) for s in steps])
+    values = [r["value"] for r in got]
+    assert values[:10] == [float(i) for i in range(10)]
+    assert [repr(v) for v in values[10:]] == [repr(v) for v in floats]  # repr: -0.0 and NaN too
+    assert await scoped.conn.fetch(BLOCKS_BROKEN) == []
