@@ -20,6 +20,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
 from events import EventError, decode, utcnow
+from events.errors import UnappliableEvent
 from events.settings import Settings
 
 from projections.db import create_pool
@@ -167,8 +168,8 @@ class Projector:
         partitions, so the two groups' transactions touch disjoint rows. Running them side by side on
         two connections lets one group's Python work (decode, fold) overlap the other's wait on
         PostgreSQL; one after the other, the consumer and PostgreSQL each idled half the time.
-        If a group fails, the exception propagates after both have finished: FastStream then
-        redelivers the batch and the group that did commit skips its records (stored offsets).
+        A group does not fail: ``apply_slice`` retries while PostgreSQL is away and dead-letters
+        what it cannot apply (FastStream would acknowledge a batch whose handler raised).
         """
         # Split only a big batch (a backlog: throughput counts). A small one means the consumer
         # has caught up, and one transaction has half the round trips, which is what freshness
@@ -192,17 +193,34 @@ class Projector:
             await self.apply_slice(part)
 
     async def apply_slice(self, raw: list[ConsumerRecord[bytes, bytes]]) -> None:
-        """Dead-letter what does not decode, then apply the rest with the offsets in one transaction."""
+        """Dead-letter what does not decode, then apply the rest with the offsets in one transaction.
+
+        Nothing is skipped: while PostgreSQL is away the slice is retried (``apply``), and if it
+        fails for another reason its records are applied one by one and the ones that still fail
+        are dead-lettered with the error (``apply_one_by_one``). FastStream acknowledges a batch
+        even when the handler raises (AckPolicy.ACK), so an exception here would lose the slice."""
         records: list[Record] = []
         consumed: dict[int, int] = {}
+        by_position: dict[tuple[int, int], ConsumerRecord[bytes, bytes]] = {}
         for rec in raw:
             consumed[rec.partition] = max(consumed.get(rec.partition, 0), rec.offset + 1)
             body = rec.value or b""
             try:
                 records.append(Record(rec.partition, rec.offset, decode(body), body))
+                by_position[(rec.partition, rec.offset)] = rec
             except EventError as exc:
                 await self.dead_letter(rec, exc)
-        for attempt, delay in enumerate((*RETRY_BACKOFF, None)):
+        try:
+            await self.apply(records, consumed)
+        except Exception as exc:  # noqa: BLE001 - any record of the slice may be the cause
+            log.error("could not apply a slice of %d events (%r); applying them one by one", len(records), exc)
+            await self.apply_one_by_one(records, consumed, by_position)
+
+    async def apply(self, records: list[Record], consumed: dict[int, int]) -> None:
+        """``apply_batch`` on a pooled connection, retried with backoff for as long as PostgreSQL
+        is unreachable (the position does not move meanwhile); other errors propagate."""
+        attempt = 0
+        while True:
             try:
                 assert self.pool is not None
                 async with self.pool.acquire() as conn:
@@ -213,12 +231,24 @@ class Projector:
                     asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError,
                     asyncpg.InvalidCachedStatementError) as exc:
                 # InvalidCachedStatementError: a replay swapped the tables under a cached plan.
-                # PostgreSQL is away: back off and retry without advancing; after the last
-                # try the error propagates and FastStream redelivers the batch (no commit).
-                if delay is None:
-                    raise
-                log.warning("PostgreSQL unavailable (%r); retry %d in %.1fs", exc, attempt + 1, delay)
+                delay = RETRY_BACKOFF[min(attempt, len(RETRY_BACKOFF) - 1)]
+                attempt += 1
+                log.warning("PostgreSQL unavailable (%r); retry %d in %.1fs", exc, attempt, delay)
                 await asyncio.sleep(delay)
+
+    async def apply_one_by_one(self, records: list[Record], consumed: dict[int, int],
+                               by_position: dict[tuple[int, int], ConsumerRecord[bytes, bytes]]) -> None:
+        """Each record in its own transaction with its offset; one that fails is dead-lettered
+        (reason ``unappliable``) and its offset passed. Then the slice's remaining positions."""
+        for record in records:
+            try:
+                await self.apply([record], {record.partition: record.offset + 1})
+            except Exception as exc:  # noqa: BLE001 - this record is the cause: keep it, with why
+                log.error("event at %s/%d could not be applied: %r", record.partition, record.offset, exc)
+                await self.dead_letter(by_position[(record.partition, record.offset)],
+                                       UnappliableEvent(f"could not be applied: {type(exc).__name__}: {exc}"))
+                await self.apply([], {record.partition: record.offset + 1})
+        await self.apply([], consumed)  # records dead-lettered at decode after the last applied one
 
     async def dead_letter(self, rec: ConsumerRecord[bytes, bytes], exc: EventError) -> None:
         """Publish the original bytes with the reason and the source position; wait for the ack."""

@@ -70,3 +70,10 @@ class TooManyKeys(EventError):
     def __init__(self, where: str, count: int, limit: int) -> None:
         self.count, self.limit = count, limit
         super().__init__(f"{where} has {count:,} keys; the limit is {limit:,}")
+
+
+class UnappliableEvent(EventError):
+    """A valid event the consumer could not apply to the read models (PostgreSQL refused a value,
+    or a bug): dead-lettered with the error, so the events after it are not held up or lost."""
+
+    reason = "unappliable"

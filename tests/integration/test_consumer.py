@@ -141,3 +141,40 @@ async def test_migrations_are_recorded_and_safe_to_run_twice(pool: asyncpg.Pool)
         assert await migrate(conn) == []
         versions = [r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations ORDER BY 1")]
     assert versions[0] == 1
+
+
+async def test_an_event_postgresql_refuses_is_dead_lettered_and_the_rest_of_its_batch_applied(
+        local_stack: Settings, kafka_producer: AIOKafkaProducer, pool: asyncpg.Pool, project: str) -> None:
+    """A string with a NUL character is valid JSON and a valid event, but jsonb refuses it: the
+    slice it came in fails as a whole. Its events are then applied one by one; that one goes to
+    the dead-letter topic with the error, and everything before and after it is applied."""
+    events = run_events(project, steps=4)
+    poison = events[2].model_copy(update={"payload": LogPayload(step=1, values={"x": 1.0, "note": "a\x00b"})})
+    events[2] = poison
+    await send(kafka_producer, local_stack, *events)
+
+    row = await eventually_async(lambda: _finished(pool, project))
+    history = await pool.fetch(f"SELECT step, value FROM {HISTORY_POINTS} h WHERE run_pk = $1 ORDER BY step",
+                               row["pk"])
+    assert [(h["step"], h["value"]) for h in history] == [(0, 0.0), (2, 2.0), (3, 3.0)]
+    gaps = await pool.fetchval("SELECT gaps FROM writers WHERE writer = $1", poison.source.writer)
+    assert gaps == 1  # the missing seq is on record, as for any event that never arrived
+
+    dlq = AIOKafkaConsumer(bootstrap_servers=local_stack.bootstrap_servers, auto_offset_reset="earliest",
+                           enable_auto_commit=False)
+    await dlq.start()
+    try:
+        tp = TopicPartition(local_stack.dlq_topic, 0)
+        dlq.assign([tp])
+        await dlq.seek_to_beginning(tp)
+        found: dict[bytes, dict[str, bytes]] = {}
+        end = (await dlq.end_offsets([tp]))[tp]
+        while (await dlq.position(tp)) < end:
+            for records in (await dlq.getmany(timeout_ms=1000)).values():
+                for rec in records:
+                    found[rec.value] = dict(rec.headers)
+    finally:
+        await dlq.stop()
+    headers = found[encode(poison)]
+    assert headers["runlog-reason"] == b"unappliable"
+    assert b"could not be applied" in headers["runlog-error"]
