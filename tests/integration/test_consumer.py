@@ -46,6 +46,15 @@ async def test_undecodable_and_invalid_events_go_to_the_dead_letter_topic_with_r
     row = await eventually_async(lambda: _finished(pool, project))
     assert row["state"] == "finished"
 
+    found = await dead_letters(local_stack)
+    assert found[garbage]["runlog-reason"] == b"undecodable"
+    assert found[unknown]["runlog-reason"] == b"unknown_type"
+    assert b"run.teleport" in found[unknown]["runlog-error"]
+    assert found[garbage]["runlog-source"].startswith(local_stack.events_topic.encode() + b"/")
+
+
+async def dead_letters(local_stack: Settings) -> dict[bytes, dict[str, bytes]]:
+    """Every record of the dead-letter topic so far: its bytes -> its headers."""
     dlq = AIOKafkaConsumer(bootstrap_servers=local_stack.bootstrap_servers, auto_offset_reset="earliest",
                            enable_auto_commit=False)
     await dlq.start()
@@ -61,10 +70,7 @@ async def test_undecodable_and_invalid_events_go_to_the_dead_letter_topic_with_r
                     found[rec.value] = dict(rec.headers)
     finally:
         await dlq.stop()
-    assert found[garbage]["runlog-reason"] == b"undecodable"
-    assert found[unknown]["runlog-reason"] == b"unknown_type"
-    assert b"run.teleport" in found[unknown]["runlog-error"]
-    assert found[garbage]["runlog-source"].startswith(local_stack.events_topic.encode() + b"/")
+    return found
 
 
 async def _finished(pool: asyncpg.Pool, project: str) -> asyncpg.Record | None:
@@ -160,21 +166,7 @@ async def test_an_event_postgresql_refuses_is_dead_lettered_and_the_rest_of_its_
     gaps = await pool.fetchval("SELECT gaps FROM writers WHERE writer = $1", poison.source.writer)
     assert gaps == 1  # the missing seq is on record, as for any event that never arrived
 
-    dlq = AIOKafkaConsumer(bootstrap_servers=local_stack.bootstrap_servers, auto_offset_reset="earliest",
-                           enable_auto_commit=False)
-    await dlq.start()
-    try:
-        tp = TopicPartition(local_stack.dlq_topic, 0)
-        dlq.assign([tp])
-        await dlq.seek_to_beginning(tp)
-        found: dict[bytes, dict[str, bytes]] = {}
-        end = (await dlq.end_offsets([tp]))[tp]
-        while (await dlq.position(tp)) < end:
-            for records in (await dlq.getmany(timeout_ms=1000)).values():
-                for rec in records:
-                    found[rec.value] = dict(rec.headers)
-    finally:
-        await dlq.stop()
+    found = await dead_letters(local_stack)
     headers = found[encode(poison)]
     assert headers["runlog-reason"] == b"unappliable"
     assert b"could not be applied" in headers["runlog-error"]
