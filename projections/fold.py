@@ -34,7 +34,7 @@ from events import (
 )
 
 from .states import State, check_move
-from .summary import accumulate, match, merge_definition, recompute, update_stats
+from .summary import accumulate, accumulate_many, match, merge_definition, recompute, update_stats
 
 
 @dataclass(frozen=True)
@@ -258,7 +258,42 @@ def fold_logs(state: RunState | None, events: list[RunLog]) -> tuple[RunState | 
 def _absorb_logs(state: RunState, events: list[RunLog]) -> tuple[RunState, list[Row]]:
     """The history rows, statistics, summary and last step of ``events`` (logs of one run, in
     order; no state move). Each key's statistics are copied once and then updated in place, and
-    the summary is recomputed once: a key's entry depends only on its final statistics."""
+    the summary is recomputed once: a key's entry depends only on its final statistics.
+
+    Events of one rank (the usual case) are gathered into columns first and each key's
+    statistics updated from its column at once (``accumulate_many``); events of several ranks
+    go point by point, since the order in which the ranks' values arrived decides sums and ties."""
+    rank = events[0].source.rank
+    if any(e.source.rank != rank for e in events):
+        return _absorb_logs_pointwise(state, events)
+    stats = dict(state.stats)
+    by_key: dict[str, tuple[list[int], list[Any]]] = {}  # key -> (steps, values), first-touch order
+    last = state.last_step
+    for event in events:
+        p = event.payload
+        logged = [(p.step, p.values)]
+        if p.more:  # a packed event: the rows logged right after the first one, in order
+            logged += [(r.step, r.values) for r in p.more]
+        for step, values in logged:
+            for key, value in values.items():
+                column = by_key.get(key)
+                if column is None:
+                    column = by_key[key] = ([], [])
+                column[0].append(step)
+                column[1].append(value)
+            last = step if last is None else max(last, step)
+    for key, (steps, values) in by_key.items():
+        stats[key] = st = update_stats(stats.get(key), values[0], steps[0], rank)  # a copy of its own
+        if len(steps) > 1:
+            accumulate_many(st, steps[1:], values[1:], rank)
+    summary = recompute(state.summary, list(by_key), state.metrics, stats, state.overrides)
+    summary["_step"] = last
+    rows: list[Row] = [HistoryColumn(key, rank or 0, steps, values) for key, (steps, values) in by_key.items()]
+    return replace(state, summary=summary, stats=stats, last_step=last, updated_at=events[-1].time), rows
+
+
+def _absorb_logs_pointwise(state: RunState, events: list[RunLog]) -> tuple[RunState, list[Row]]:
+    """``_absorb_logs`` point by point, for events of several ranks."""
     stats = dict(state.stats)
     keys: dict[str, None] = {}  # touched keys, in first-touch order
     columns: dict[int, dict[str, tuple[list[int], list[Any]]]] = {}  # rank -> key -> (steps, values)

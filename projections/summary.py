@@ -76,6 +76,39 @@ def accumulate(stats: Stats, value: Any, step: int, rank: int | None) -> None:
             stats["count"] = 1
 
 
+def accumulate_many(stats: Stats, steps: list[int], values: list[Any], rank: int | None) -> None:
+    """``accumulate`` for each (step, value) in order, by one rank. When every value is a number
+    and none is NaN (the usual logged metric) it takes list operations: min/max in C, the sum
+    still added one value at a time, so it is the same float as adding them one by one."""
+    if not values:
+        return
+    kinds = set(map(type, values))
+    if not kinds <= {float, int} or any(map(math.isnan, values)):
+        for step, value in zip(steps, values):
+            accumulate(stats, value, step, rank)
+        return
+    neg_rank = -(rank or 0)
+    at, top = stats["at"], max(steps)
+    if top > at[0] or (top == at[0] and neg_rank >= at[1]):  # the later of the points at the top step
+        stats["last"] = values[len(steps) - 1 - steps[::-1].index(top)]
+        at[0], at[1] = top, neg_rank
+    numbers = values if kinds == {float} else [float(v) for v in values]
+    lo, hi = min(numbers), max(numbers)
+    if "count" in stats:
+        if lo < stats["min"]:
+            stats["min"] = lo
+        if hi > stats["max"]:
+            stats["max"] = hi
+        total = stats["sum"]
+    else:
+        stats["min"], stats["max"], stats["sum"], stats["count"] = lo, hi, 0.0, 1  # accumulate's key order
+        total, numbers = numbers[0], numbers[1:]
+    for v in numbers:
+        total += v
+    stats["sum"] = total
+    stats["count"] += len(numbers)
+
+
 def match(definitions: dict[str, Definition], key: str) -> Definition | None:
     """The definition that applies to ``key``: exact name, else the most specific glob."""
     if key in definitions:

@@ -130,3 +130,25 @@ def test_stats_agree_with_a_direct_computation(vals: list[float]) -> None:
         assert math.isclose(entry["mean"], math.fsum(real) / len(real), rel_tol=1e-9, abs_tol=1e-6)
     else:
         assert entry == {}
+
+
+@given(st.one_of(st.none(), st.dictionaries(st.just("x"), st.floats() | st.integers(-9, 9) | st.text(max_size=2),
+                                            min_size=1)),
+       st.lists(st.tuples(st.integers(0, 6), st.floats() | st.integers(-9, 9) | st.sampled_from([-0.0, 0.0, "s"])),
+                min_size=1, max_size=30),
+       st.sampled_from([None, 0, 1, 2]))
+def test_accumulating_many_at_once_equals_one_at_a_time(start, points, rank) -> None:
+    """``accumulate_many`` (list operations for plain numbers) gives the same statistics, to the
+    last bit of the sum and the sign of a zero, as ``accumulate`` point by point."""
+    from projections.summary import accumulate, accumulate_many
+
+    def fresh():
+        return None if start is None else update_stats(None, start["x"], 3, 1)
+
+    steps, values = [s for s, _ in points], [v for _, v in points]
+    one = update_stats(fresh(), values[0], steps[0], rank)
+    for s, v in zip(steps[1:], values[1:]):
+        accumulate(one, v, s, rank)
+    many = update_stats(fresh(), values[0], steps[0], rank)
+    accumulate_many(many, steps[1:], values[1:], rank)
+    assert repr(many) == repr(one)
