@@ -13,7 +13,7 @@ import orjson
 from events.codec import decode, to_jsonable
 from events.errors import EventError
 from events.values import tag_nonfinite
-from projections.db import CHUNK_STEPS, HISTORY_POINTS
+from projections.db import CHUNK_STEPS, HISTORY_POINTS, stored_body
 
 from .filters import Field, Params, Sort, compile_filter, decode_cursor, encode_cursor
 
@@ -480,7 +480,7 @@ async def events_page(conn: asyncpg.Connection, run_path: str, after: int,
     out = []
     for r in rows[:page_size]:
         try:
-            event: dict[str, Any] = to_jsonable(decode(r["body"]))
+            event: dict[str, Any] = to_jsonable(decode(stored_body(r["body"])))
         except EventError as e:  # stored events decode; this is a guard for a changed decoder
             event = {"undecodable": str(e)}
         event["pos"] = r["pos"]

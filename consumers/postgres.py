@@ -26,7 +26,7 @@ import asyncpg
 from events.codec import dumps
 
 from events import Event, RunLog
-from projections.db import BLOCK_POINTS, CHUNK_STEPS, MIN_BLOCK_POINTS
+from projections.db import BLOCK_POINTS, CHUNK_STEPS, MIN_BLOCK_POINTS, store_body
 from projections.fold import AlertRow, HistoryColumn, MetricRow, RunState, TransitionRow, fold, fold_logs
 
 from . import copy_blocks
@@ -122,7 +122,7 @@ async def _insert_events(conn: asyncpg.Connection, records: list[Record]) -> set
                  "event_time timestamptz, kafka_partition integer, kafka_offset bigint, body bytea")
     await conn.copy_records_to_table("event_stage", records=[
         (r.event.id, r.event.run.path, r.event.type, r.event.v, r.event.source.writer, r.event.seq, r.event.time,
-         r.partition, r.offset, r.body) for r in records
+         r.partition, r.offset, store_body(r.body)) for r in records
     ])
     rows = await conn.fetch(
         """INSERT INTO event_store (id, run_path, type, v, writer, seq, event_time, kafka_partition, kafka_offset, body)

@@ -34,6 +34,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from events import EventError, decode
+from projections.db import stored_body
 from projections.migrate import migrate
 
 from .postgres import BatchResult, Record, apply_batch, project_records
@@ -138,11 +139,12 @@ async def _fold_from(conn: asyncpg.Connection, live_schema: str, position: int, 
         records = []
         for row in rows:
             try:
-                event = decode(row["body"])  # old versions are upcast here, as on the live path
+                body = stored_body(row["body"])
+                event = decode(body)  # old versions are upcast here, as on the live path
             except EventError:
                 result.undecodable += 1  # cannot happen for stored events unless a decoder changed
                 continue
-            records.append(Record(row["kafka_partition"] or 0, row["kafka_offset"] or 0, event, row["body"]))
+            records.append(Record(row["kafka_partition"] or 0, row["kafka_offset"] or 0, event, body))
         batch = BatchResult()
         async with conn.transaction():
             await project_records(conn, records, batch)

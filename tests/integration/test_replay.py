@@ -330,3 +330,28 @@ async def test_a_failed_replay_worker_fails_the_replay_and_swaps_nothing(scoped:
                      parallel_min_events=0)
     await conn.execute(f"SET search_path TO {scoped.schema}")
     assert await conn.fetchval("SELECT tags FROM runs") == ["damaged"]
+
+
+async def test_a_big_packed_log_is_stored_compressed_and_replays_and_reads_back(scoped: Scoped) -> None:
+    """Bodies of 2 KiB and more are kept zstd-compressed in event_store; replay and the API's
+    raw events read them back as the events they were."""
+    from api.queries import events_page
+    from projections.db import ZSTD_MAGIC
+
+    conn = scoped.conn
+    run = RunRef(entity="e", project="p", run_id="big")
+    src = Source(kind="sdk", writer="w", rank=0)
+    rows = [LogRow(step=s, values={f"k{j}": s * 0.5 + j for j in range(10)}) for s in range(1, 100)]
+    events: list[Event] = [
+        RunInit(run=run, source=src, seq=0, time=T0, payload=InitPayload()),
+        RunLog(run=run, source=src, seq=1, time=T0, payload=LogPayload(step=0, values={"k0": 0.0}, more=rows)),
+    ]
+    await apply_batch(conn, "g", "topic", [Record(0, i, e, encode(e)) for i, e in enumerate(events)], {0: 2})
+    stored = await conn.fetch("SELECT body FROM event_store ORDER BY pos")
+    assert stored[0]["body"] == encode(events[0])  # small: as it came
+    assert stored[1]["body"][:4] == ZSTD_MAGIC and len(stored[1]["body"]) < len(encode(events[1])) / 3
+    page, _ = await events_page(conn, "e/p/big", 0, 10)
+    assert [e["seq"] for e in page] == [0, 1] and len(page[1]["payload"]["more"]) == 99
+    live = await dump(conn)
+    await replay_in(scoped)
+    assert await dump(conn) == live
