@@ -395,14 +395,7 @@ async def _write_history(conn: asyncpg.Connection, history: dict[tuple[str, str]
             for pk, key in broken:
                 staged += _point_rows(pk, key, appended.pop((pk, key)), json=True)
                 blockable.remove((pk, key))
-    blocks: list[tuple[Any, ...]] = []
-    for pk, key in blockable:
-        steps, values, rank = appended[(pk, key)]
-        for i in range(0, len(steps), BLOCK_POINTS):
-            part = steps[i:i + BLOCK_POINTS]
-            first, last, n = part[0], part[-1], len(part)
-            blocks.append((pk, key, first, last, n, rank, None if last - first == n - 1 else part,
-                           values[i:i + BLOCK_POINTS]))
+    blocks = [block for pk, key in blockable for block in _block_rows(pk, key, appended[(pk, key)])]
     as_blocks = set(blockable)
     rows = [row for k, new in appended.items() if k not in as_blocks for row in _point_rows(*k, new)]
     await _stage(conn, "chunk_stage", "run_pk bigint, key text, chunk bigint, fresh boolean, n integer, "
@@ -418,8 +411,7 @@ async def _write_history(conn: asyncpg.Connection, history: dict[tuple[str, str]
             appended = {k: v for k, v in appended.items() if k in as_blocks}
     if blocks:
         await conn.copy_to_table("history_blocks", source=memoryview(copy_blocks.encode(blocks)),
-                                 columns=copy_blocks.COLUMNS,
-                                 format="binary")
+                                 columns=copy_blocks.COLUMNS, format="binary")
     if appended:
         await conn.copy_records_to_table("chunk_stage", records=[
             chunk for (pk, key), (steps, values, _) in appended.items() for chunk in _roll_up(pk, key, steps, values)])
@@ -434,6 +426,18 @@ async def _write_history(conn: asyncpg.Connection, history: dict[tuple[str, str]
     await conn.execute(MERGE_CHUNKS_SQL)
     if staged:  # only the upsert can replace a point (appended points are all new)
         await conn.execute(RECOMPUTE_CHUNKS_SQL)
+
+
+def _block_rows(pk: int, key: str, points: Points) -> list[tuple[Any, ...]]:
+    """history_blocks rows (``copy_blocks.COLUMNS``) for the new points of one (run, key), one
+    rank, steps ascending: BLOCK_POINTS at most each, steps left out (None) when they have no gap."""
+    steps, values, rank = points
+    out = []
+    for i in range(0, len(steps), BLOCK_POINTS):
+        part = steps[i:i + BLOCK_POINTS]
+        first, last, n = part[0], part[-1], len(part)
+        out.append((pk, key, first, last, n, rank, None if last - first == n - 1 else part, values[i:i + BLOCK_POINTS]))
+    return out
 
 
 def _new_points(columns: list[HistoryColumn], last: int | None) -> Points | None:
