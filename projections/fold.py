@@ -260,68 +260,63 @@ def _absorb_logs(state: RunState, events: list[RunLog]) -> tuple[RunState, list[
     order; no state move). Each key's statistics are copied once and then updated in place, and
     the summary is recomputed once: a key's entry depends only on its final statistics.
 
-    Events of one rank (the usual case) are gathered into columns first and each key's
-    statistics updated from its column at once (``accumulate_many``); events of several ranks
-    go point by point, since the order in which the ranks' values arrived decides sums and ties."""
+    Events of one rank (the usual case) update each key's statistics from its column at once
+    (``accumulate_many``); events of several ranks go point by point, since the order in which
+    the ranks' values arrived decides sums and ties."""
+    columns, top = _gather(events)
+    stats = dict(state.stats)
     rank = events[0].source.rank
-    if any(e.source.rank != rank for e in events):
-        return _absorb_logs_pointwise(state, events)
-    stats = dict(state.stats)
-    by_key: dict[str, tuple[list[int], list[Any]]] = {}  # key -> (steps, values), first-touch order
-    last = state.last_step
+    if all(e.source.rank == rank for e in events):
+        keys = list(columns[rank or 0])
+        for key, (steps, values) in columns[rank or 0].items():
+            stats[key] = st = update_stats(stats.get(key), values[0], steps[0], rank)  # a copy of its own
+            if len(steps) > 1:
+                accumulate_many(st, steps[1:], values[1:], rank)
+    else:
+        touched: dict[str, None] = {}  # in first-touch order
+        for event in events:
+            for step, values in _logged_rows(event):
+                for key, value in values.items():
+                    if key in touched:  # this call's own copy already: update it in place
+                        accumulate(stats[key], value, step, event.source.rank)
+                    else:
+                        stats[key] = update_stats(stats.get(key), value, step, event.source.rank)
+                        touched[key] = None
+        keys = list(touched)
+    last = top if state.last_step is None else max(state.last_step, top)
+    summary = recompute(state.summary, keys, state.metrics, stats, state.overrides)
+    summary["_step"] = last
+    rows: list[Row] = [HistoryColumn(key, r, steps, values)
+                       for r, by_key in columns.items() for key, (steps, values) in by_key.items()]
+    return replace(state, summary=summary, stats=stats, last_step=last, updated_at=events[-1].time), rows
+
+
+def _gather(events: list[RunLog]) -> tuple[dict[int, dict[str, tuple[list[int], list[Any]]]], int]:
+    """Each rank's columns (key -> (steps, values), keys in first-touch order) and the highest
+    step logged (rows without values count too)."""
+    columns: dict[int, dict[str, tuple[list[int], list[Any]]]] = {}
+    top = -1
     for event in events:
-        p = event.payload
-        logged = [(p.step, p.values)]
-        if p.more:  # a packed event: the rows logged right after the first one, in order
-            logged += [(r.step, r.values) for r in p.more]
-        for step, values in logged:
+        by_key = columns.setdefault(event.source.rank or 0, {})
+        for step, values in _logged_rows(event):
             for key, value in values.items():
                 column = by_key.get(key)
                 if column is None:
                     column = by_key[key] = ([], [])
                 column[0].append(step)
                 column[1].append(value)
-            last = step if last is None else max(last, step)
-    for key, (steps, values) in by_key.items():
-        stats[key] = st = update_stats(stats.get(key), values[0], steps[0], rank)  # a copy of its own
-        if len(steps) > 1:
-            accumulate_many(st, steps[1:], values[1:], rank)
-    summary = recompute(state.summary, list(by_key), state.metrics, stats, state.overrides)
-    summary["_step"] = last
-    rows: list[Row] = [HistoryColumn(key, rank or 0, steps, values) for key, (steps, values) in by_key.items()]
-    return replace(state, summary=summary, stats=stats, last_step=last, updated_at=events[-1].time), rows
+            if step > top:
+                top = step
+    return columns, top
 
 
-def _absorb_logs_pointwise(state: RunState, events: list[RunLog]) -> tuple[RunState, list[Row]]:
-    """``_absorb_logs`` point by point, for events of several ranks."""
-    stats = dict(state.stats)
-    keys: dict[str, None] = {}  # touched keys, in first-touch order
-    columns: dict[int, dict[str, tuple[list[int], list[Any]]]] = {}  # rank -> key -> (steps, values)
-    last = state.last_step
-    for event in events:
-        rank, p = event.source.rank, event.payload
-        by_key = columns.setdefault(rank or 0, {})
-        logged = [(p.step, p.values)]
-        if p.more:  # a packed event: the rows logged right after the first one, in order
-            logged += [(r.step, r.values) for r in p.more]
-        for step, values in logged:
-            for key, value in values.items():
-                column = by_key.get(key)
-                if column is None:
-                    column = by_key[key] = ([], [])
-                column[0].append(step)
-                column[1].append(value)
-                if key in keys:  # this call's own copy already: update it in place
-                    accumulate(stats[key], value, step, rank)
-                else:
-                    stats[key] = update_stats(stats.get(key), value, step, rank)
-                    keys[key] = None
-            last = step if last is None else max(last, step)
-    summary = recompute(state.summary, list(keys), state.metrics, stats, state.overrides)
-    summary["_step"] = last
-    rows: list[Row] = [HistoryColumn(key, rank, steps, values)
-                       for rank, by_key in columns.items() for key, (steps, values) in by_key.items()]
-    return replace(state, summary=summary, stats=stats, last_step=last, updated_at=events[-1].time), rows
+def _logged_rows(event: RunLog) -> list[tuple[int, dict[str, Any]]]:
+    """(step, values) of each row the event holds: its own, then a packed event's ``more``, in order."""
+    p = event.payload
+    logged = [(p.step, p.values)]
+    if p.more:
+        logged += [(r.step, r.values) for r in p.more]
+    return logged
 
 
 @_apply.register
