@@ -16,6 +16,7 @@ import pytest
 import producer
 from events.settings import Settings
 from events import decode
+from projections.db import stored_body
 from producer._spool import find_spools, iter_records
 from producer._sync import inspect
 from producer._transport import rows_in
@@ -50,7 +51,7 @@ async def _seqs(pool, writer: str, path: str) -> list[int]:
     """The writer's seqs in the event store, a packed run.log contributing one per row."""
     rows = await pool.fetch("SELECT body FROM event_store WHERE writer = $1 AND run_path = $2 ORDER BY seq",
                             writer, path)
-    return [seq for r in rows for e in [decode(r["body"])] for seq in range(e.seq, e.last_seq + 1)]
+    return [seq for r in rows for e in [decode(stored_body(r["body"]))] for seq in range(e.seq, e.last_seq + 1)]
 
 
 def _spool_rows(spool: Path) -> int:
