@@ -97,8 +97,9 @@ def test_a_transport_that_fell_behind_gives_the_switch_interval_back(monkeypatch
     before = sys.getswitchinterval()
     transport = KafkaTransport(Settings(bootstrap_servers=f"127.0.0.1:{_dead_port()}", events_topic="t"),
                                online=False)
-    for seq in range(20 * KafkaTransport.BEHIND):  # faster than the spooler: it falls behind
-        transport.send(_event(seq))
+    with transport.spool.lock:  # the spooler waits for this lock: it falls behind, surely
+        for seq in range(20 * KafkaTransport.BEHIND):
+            transport.send(_event(seq))
     assert transport.flush(10) == 20 * KafkaTransport.BEHIND  # offline: spooled, none acknowledged
     transport.close(5)
     assert engaged and engaged[0] is transport  # it did fall behind
