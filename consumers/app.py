@@ -30,6 +30,7 @@ from .postgres import Record, apply_batch
 log = logging.getLogger("runlog.consumer")
 
 RETRY_BACKOFF = (0.2, 0.5, 1, 2, 5)
+ONE_BY_ONE_RETRY = 1.0  # seconds before an event that failed alone is tried again (see apply_one_by_one)
 MAX_BATCH = 2000  # records per Kafka batch; a full batch means a backlog
 BIG_BATCH_BYTES = 1024 * 1024  # ...and so do this many bytes of events (packed logs: ~100 rows an event)
 SLICE_BYTES = 1024 * 1024  # the most event bytes one transaction decodes and applies (see process_group)
@@ -238,16 +239,23 @@ class Projector:
 
     async def apply_one_by_one(self, records: list[Record], consumed: dict[int, int],
                                by_position: dict[tuple[int, int], ConsumerRecord[bytes, bytes]]) -> None:
-        """Each record in its own transaction with its offset; one that fails is dead-lettered
-        (reason ``unappliable``) and its offset passed. Then the slice's remaining positions."""
+        """Each record in its own transaction with its offset; one that fails twice (a second
+        after the first try: a passing error does not dead-letter it) is dead-lettered (reason
+        ``unappliable``) and its offset passed. Then the slice's remaining positions."""
         for record in records:
+            position = {record.partition: record.offset + 1}
             try:
-                await self.apply([record], {record.partition: record.offset + 1})
+                await self.apply([record], position)
+                continue
+            except Exception:  # noqa: BLE001 - tried once more below
+                await asyncio.sleep(ONE_BY_ONE_RETRY)
+            try:
+                await self.apply([record], position)
             except Exception as exc:  # noqa: BLE001 - this record is the cause: keep it, with why
                 log.error("event at %s/%d could not be applied: %r", record.partition, record.offset, exc)
                 await self.dead_letter(by_position[(record.partition, record.offset)],
                                        UnappliableEvent(f"could not be applied: {type(exc).__name__}: {exc}"))
-                await self.apply([], {record.partition: record.offset + 1})
+                await self.apply([], position)
         await self.apply([], consumed)  # records dead-lettered at decode after the last applied one
 
     async def dead_letter(self, rec: ConsumerRecord[bytes, bytes], exc: EventError) -> None:
