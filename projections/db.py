@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncpg
+import cramjam
 import orjson
 
 from events.values import tag_nonfinite, untag_nonfinite
@@ -44,8 +45,6 @@ def store_body(data: bytes) -> bytes:
     """An event's wire bytes as event_store.body keeps them."""
     if len(data) < STORE_COMPRESS_MIN:
         return data
-    import cramjam
-
     return bytes(cramjam.zstd.compress(data, level=1))
 
 
@@ -53,8 +52,6 @@ def stored_body(body: bytes) -> bytes:
     """The wire bytes of an event_store.body (compressed or not)."""
     if body[:4] != ZSTD_MAGIC:
         return body
-    import cramjam
-
     return bytes(cramjam.zstd.decompress(body))
 
 
