@@ -35,12 +35,14 @@ def dumps(obj: Any, option: int = 0) -> bytes:
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
     """Parse JSON and turn ``$f`` tags back into floats.
 
-    Text without a '$' and without a backslash-u escape (which could spell one) holds no tag, and the
-    walk over every value is skipped: it was most of the parse of a typical ``run.log``.
+    Text without a '$' and without a backslash (a \\u escape could spell one) holds no tag, and the
+    walk over every value is skipped: it was most of the parse of a typical ``run.log``. Both are
+    single bytes, found with memchr (a search for the two bytes backslash-u took a fifth as long as
+    the parse).
     """
     obj = orjson.loads(data)
     raw = data.encode() if isinstance(data, str) else bytes(data)
-    if b"$" in raw or b"\\u" in raw:
+    if b"$" in raw or b"\\" in raw:
         return untag_nonfinite(obj)
     return obj
 

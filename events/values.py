@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from itertools import chain
 from typing import Any, TypeAlias
 
 from .errors import TooManyKeys
@@ -146,6 +147,7 @@ def flatten(data: Mapping[str, Any], sep: str = ".") -> dict[str, Any]:
 
 _GOOD_KEYS: set[str] = set()  # keys check_key accepted: a run logs the same few keys over and over
 _FLOAT = {float}
+_DICT = {dict}
 
 
 def check_values(data: Mapping[Any, Any], where: str = "values") -> dict[str, Value]:
@@ -165,6 +167,16 @@ def check_values(data: Mapping[Any, Any], where: str = "values") -> dict[str, Va
         t = type(v)
         out[k] = v if t is float or (t is int and INT64_MIN <= v <= INT64_MAX) else check_value(k, v)
     return out
+
+
+def check_values_many(rows: list[Any], where: str = "values") -> list[dict[str, Value]]:
+    """:func:`check_values` for each mapping of ``rows``. The rows of a packed ``run.log`` usually
+    hold known keys and only floats: that is checked for all of them at once, in a few passes over
+    the list in C (row by row, this check was the largest part of decoding a pack)."""
+    if rows and set(map(type, rows)) == _DICT and max(map(len, rows)) <= MAX_KEYS:
+        if set(chain.from_iterable(rows)) <= _GOOD_KEYS and set(map(type, chain.from_iterable(map(dict.values, rows)))) <= _FLOAT:
+            return list(map(dict, rows))
+    return [check_values(r, where) for r in rows]
 
 
 def normalize_values(data: Mapping[str, Any]) -> dict[str, Value]:

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 import events as ev
+from events.codec import dumps
+from events.model import MAX_PACKED_ROWS
 from events import (
     EVENT_TYPES,
     MAX_EVENT_BYTES,
@@ -311,6 +313,74 @@ def test_log_round_trip_property(step, values, seq):
 def test_config_round_trip_property(cfg):
     e = make(ev.RunInit, {"config": cfg})
     assert same(decode(encode(e)), e)
+
+
+def packed(rows: list) -> dict:
+    """The wire dict of a run.log whose ``more`` is ``rows`` (raw JSON-able objects)."""
+    obj = wire(make(ev.RunLog, {"step": 0, "values": {"a": 1.0}}))
+    obj["payload"]["more"] = rows
+    return obj
+
+
+def row_is_valid(row) -> bool:
+    """One row alone, by the rules of a payload's own step and values (what a pack must agree with)."""
+    try:
+        ev.LogPayload.model_validate(row)
+    except (ValidationError, EventError):
+        return False
+    return True
+
+
+pack_rows = st.lists(
+    st.fixed_dictionaries({"step": st.integers(0, 10), "values": st.dictionaries(st.sampled_from(["a", "b"]), st.floats(), max_size=2)})
+    | st.fixed_dictionaries({"step": st.integers(-1, 3) | st.booleans() | st.text(max_size=2) | st.floats(),
+                             "values": log_values | st.integers(0, 9) | st.lists(st.integers(0, 9), max_size=2)})
+    | st.dictionaries(st.sampled_from(["step", "values", "x"]), st.integers(0, 3) | st.dictionaries(keys, scalars, max_size=2),
+                      max_size=3),
+    max_size=6)
+
+
+@settings(max_examples=300)
+@given(rows=pack_rows)
+def test_a_pack_is_accepted_exactly_when_each_of_its_rows_is(rows):
+    """``more`` is checked as a whole (events.model._rows), for speed: it must accept and return
+    what checking each row on its own would."""
+    valid = all(row_is_valid(r) for r in rows)
+    obj = packed(rows)
+    if not valid:
+        err = reject(obj, EventError)
+        assert "payload.more" in str(err) and "\n" not in str(err)
+        return
+    back = decode(dumps(obj))  # non-finite floats tagged, as on the wire
+    assert repr([(r.step, r.values) for r in back.payload.more]) == repr([(r["step"], r["values"]) for r in rows])
+    assert all(type(r) is ev.LogRow for r in back.payload.more)
+    assert same(decode(encode(back)), back)
+
+
+@pytest.mark.parametrize("more,says", [
+    ({"step": 1}, "must be a list of rows"),
+    ([{"step": 1}], "row 0 must be an object with exactly the fields step and values"),
+    ([{"step": 1, "values": {}}, {"step": 2, "values": {}, "x": 1}], "row 1 must be an object"),
+    ([{"step": 1, "values": {}}, {"step": True, "values": {}}], "row 1: step must be an integer"),
+    ([{"step": 1, "values": {}}, {"step": -1, "values": {}}], "row 1: step must be an integer"),
+    ([{"step": 1, "values": {"a": 1.0}}, {"step": 2, "values": {"a": {"b": 1}}}], "row 1: "),
+    ([{"step": 1, "values": {"$f": 1.0}}], "row 0: "),
+    ([{"step": i, "values": {}} for i in range(MAX_PACKED_ROWS + 1)], "a pack holds at most"),
+])
+def test_a_bad_row_in_a_pack_is_named(more, says):
+    err = reject(packed(more), InvalidEvent)
+    assert "payload.more" in str(err) and says in str(err), str(err)
+
+
+def test_a_row_with_too_many_keys_is_refused_in_a_pack():
+    reject(packed([{"step": 1, "values": {f"k{i}": 1.0 for i in range(ev.MAX_KEYS + 1)}}]), EventError)
+
+
+def test_pack_rows_are_copies_of_the_given_dicts():
+    values = {"a": 1.0}
+    payload = ev.LogPayload(step=0, values={"a": 0.0}, more=[ev.LogRow(step=1, values=values)])
+    values["a"] = 2.0
+    assert payload.more[0].values == {"a": 1.0}
 
 
 def decode_or_event_error(data: bytes):
