@@ -626,6 +626,42 @@ def test_a_packed_log_folds_like_its_rows_one_by_one(events, data):
     assert same(normal(fold_grouped(packed)), normal(expected))
 
 
+@st.composite
+def uniform_packs(draw):
+    """Packed logs as a training loop makes them: every row logs the same 2-4 keys (the transposed
+    path of ``_gather``); now and then a row swaps one key for another or drops one (the
+    point-by-point path: same count but a different key, or a different count)."""
+    keys = draw(st.lists(st.sampled_from(["loss", "acc", "lr", "note", "t"]), min_size=2, max_size=4, unique=True))
+    numbers = st.floats() | st.integers(-5, 5) | st.none()
+    events, seq = [], 0
+    for _ in range(draw(st.integers(1, 4))):
+        rows = []
+        for _ in range(draw(st.integers(1, 8))):
+            values = {k: draw(numbers) for k in keys}
+            change = draw(st.sampled_from(["none"] * 6 + ["swap", "drop"]))
+            if change == "swap":
+                values.pop(keys[0])
+                values["other"] = 1.0
+            elif change == "drop":
+                values.pop(keys[-1])
+            rows.append(LogRow(step=draw(st.integers(0, 30)), values=values))
+        events.append(ev(RunLog, LogPayload(step=rows[0].step, values=rows[0].values, more=rows[1:]), seq=seq,
+                         rank=draw(st.sampled_from([0, 0, 1]))))
+        seq += len(rows)
+    return events
+
+
+@PROPS
+@given(uniform_packs())
+def test_packs_of_rows_with_the_same_keys_fold_like_their_rows_one_by_one(packs):
+    start = running()
+    unpacked = [e.model_copy(update={"payload": LogPayload(step=step, values=values)})
+                for e in packs for step, values in [(e.payload.step, e.payload.values), *e.payload.more]]
+    expected = fold_all(unpacked, start)
+    assert same(normal(fold_logs(start, packs)), normal(expected))
+    assert same(normal(fold_all(packs, start)), normal(expected))
+
+
 def fold_grouped(events):
     """Fold as the consumer does: each run of consecutive run.log events at once (fold_logs)."""
     state, rows, group = None, [], []
