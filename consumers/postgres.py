@@ -511,7 +511,7 @@ def _roll_up(pk: int, key: str, steps: list[int], values: list[float | None]) ->
         chunk = steps[i] // CHUNK_STEPS
         j = bisect.bisect_left(steps, (chunk + 1) * CHUNK_STEPS, i)
         vals = values[i:j]
-        if None in vals or any(map(math.isnan, vals)):  # type: ignore[arg-type]
+        if not _plain_numbers(vals):
             out += _roll_up_points(pk, key, chunk, steps[i:j], vals)
         else:
             lo, hi = min(vals), max(vals)  # type: ignore[type-var]
@@ -520,6 +520,16 @@ def _roll_up(pk: int, key: str, steps: list[int], values: list[float | None]) ->
             out.append((pk, key, chunk, True, j - i, steps[i], steps[j - 1], [lo, float(lo_step)], [hi, -float(hi_step)]))
         i = j
     return out
+
+
+def _plain_numbers(values: list[float | None]) -> bool:
+    """No None and no NaN among ``values``, in one pass in C (a NaN, or inf and -inf, make the sum
+    NaN; None cannot be added): ``None in`` plus ``any(map(isnan))`` took three times as long."""
+    try:
+        total = sum(values)  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    return total == total
 
 
 def _roll_up_points(pk: int, key: str, chunk: int, steps: list[int], values: list[float | None]) -> list[tuple[Any, ...]]:

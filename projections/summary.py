@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import sys
 from typing import Any
 
 Stats = dict[str, Any]
@@ -76,14 +77,28 @@ def accumulate(stats: Stats, value: Any, step: int, rank: int | None) -> None:
             stats["count"] = 1
 
 
+# CPython before 3.12 adds floats in sum() one after the other in a C double: bit for bit what
+# ``total += v`` gives, at a fifth of the cost. From 3.12 on sum() compensates (Neumaier), which
+# would make a key's sum depend on how its points were batched, so the loop stays there.
+_SEQUENTIAL_SUM = sys.version_info < (3, 12)
+
+
+def _no_nan(numbers: list[float | int]) -> bool:
+    """No NaN among ``numbers``, in one pass in C: a NaN makes the sum NaN (so do inf and -inf
+    together, which then take the slow path; that is only slower). ``any(map(isnan))`` cost more."""
+    total = sum(numbers)
+    return total == total
+
+
 def accumulate_many(stats: Stats, steps: list[int], values: list[Any], rank: int | None) -> None:
     """``accumulate`` for each (step, value) in order, by one rank. When every value is a number
     and none is NaN (the usual logged metric) it takes list operations: min/max in C, the sum
-    still added one value at a time, so it is the same float as adding them one by one."""
+    still added one value at a time (see _SEQUENTIAL_SUM), so it is the same float as adding
+    them one by one."""
     if not values:
         return
     kinds = set(map(type, values))
-    if not kinds <= {float, int} or any(map(math.isnan, values)):
+    if not kinds <= {float, int} or not _no_nan(values):
         for step, value in zip(steps, values):
             accumulate(stats, value, step, rank)
         return
@@ -103,8 +118,11 @@ def accumulate_many(stats: Stats, steps: list[int], values: list[Any], rank: int
     else:
         stats["min"], stats["max"], stats["sum"], stats["count"] = lo, hi, 0.0, 1  # accumulate's key order
         total, numbers = numbers[0], numbers[1:]
-    for v in numbers:
-        total += v
+    if _SEQUENTIAL_SUM:
+        total = sum(numbers, total)
+    else:
+        for v in numbers:
+            total += v
     stats["sum"] = total
     stats["count"] += len(numbers)
 

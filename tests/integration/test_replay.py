@@ -349,7 +349,7 @@ async def test_a_big_packed_log_is_stored_compressed_and_replays_and_reads_back(
     await apply_batch(conn, "g", "topic", [Record(0, i, e, encode(e)) for i, e in enumerate(events)], {0: 2})
     stored = await conn.fetch("SELECT body FROM event_store ORDER BY pos")
     assert stored[0]["body"] == encode(events[0])  # small: as it came
-    assert stored[1]["body"][:4] == LZ4_MAGIC and len(stored[1]["body"]) < len(encode(events[1])) / 3
+    assert stored[1]["body"][:4] == LZ4_MAGIC and len(stored[1]["body"]) < len(encode(events[1])) / 1.5
     page, _ = await events_page(conn, "e/p/big", 0, 10)
     assert [e["seq"] for e in page] == [0, 1] and len(page[1]["payload"]["more"]) == 99
     live = await dump(conn)

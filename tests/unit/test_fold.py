@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -65,8 +66,23 @@ def ev(cls, payload=None, *, kind="sdk", writer="w1", rank=0, seq=None, t=None, 
 
 
 def same(a, b) -> bool:
-    """Equal, where a NaN equals a NaN (statistics can hold one: the sum of inf and -inf)."""
-    return a == b or repr(a) == repr(b)
+    """Equal, where a NaN equals a NaN (statistics can hold one: the sum of inf and -inf). Key
+    order does not count, as with ``==`` (jsonb keeps none): comparing reprs, as this did before,
+    took a summary's keys in another order for a difference."""
+    return a == b or _nan_free(a) == _nan_free(b)
+
+
+def _nan_free(x):
+    """``x`` with every NaN replaced by a marker that equals itself."""
+    if isinstance(x, float) and x != x:
+        return "<NaN>"
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return type(x).__name__, {f.name: _nan_free(getattr(x, f.name)) for f in dataclasses.fields(x)}
+    if isinstance(x, dict):
+        return {k: _nan_free(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x).__name__, [_nan_free(v) for v in x]
+    return x
 
 
 def fold_all(events, state=None):
