@@ -9,9 +9,11 @@
    and swaps the read-model tables and views: the live ones move to a graveyard schema, the
    rebuilt ones into ``public``. Readers see either the old or the new models, never a mix.
    With ``workers`` > 1 (``runlog replay`` uses one per core), the bulk of the store is folded
-   by that many processes first, each taking the runs whose path hashes to it (a run's events
-   stay in order in one process, and runs never touch one another's rows); the catch-up and the
-   swap stay on the one connection. The fold is Python-bound, so this is what a second core buys.
+   by that many processes first, each taking a share of the runs (a run's events stay in order
+   in one process, and runs never touch one another's rows): the biggest runs first, each to
+   the worker with the fewest stored bytes so far (a split by hash left one worker folding a
+   big run alone at the end). The catch-up and the swap stay on the one connection. The fold
+   is Python-bound, so this is what a second core buys.
 3. ``--from-kafka`` rebuilds the event store as well, reading the topic from offset 0 through
    the live consumer's batch path (``apply_batch``), and hands the consumer group the positions
    it reached, inside the same swap transaction.
@@ -118,16 +120,16 @@ async def replay(conn: asyncpg.Connection, progress: Progress | None = None, liv
 
 async def _fold_from(conn: asyncpg.Connection, live_schema: str, position: int, result: ReplayResult,
                      progress: Progress | None, total: int, until: int | None = None,
-                     share: tuple[int, int] | None = None) -> int:
+                     share: int | None = None) -> int:
     """Fold the events after ``position`` (up to ``until``) in pos order; return the last
-    position folded. ``share`` = (i, n): only the runs whose path hashes to i of n."""
+    position folded. ``share``: only the runs that ``replay_shares`` gives that worker."""
     where, args = "pos > $1", [position]
     if until is not None:
         args.append(until)
         where += f" AND pos <= ${len(args)}"
     if share is not None:
-        args += [share[1], share[0]]
-        where += f" AND (hashtext(run_path) & 2147483647) % ${len(args) - 1} = ${len(args)}"
+        args.append(share)
+        where += f" AND run_path IN (SELECT run_path FROM replay_shares WHERE worker = ${len(args)})"
     while True:
         rows = await conn.fetch(
             f"""SELECT pos, kafka_partition, kafka_offset, body FROM {live_schema}.event_store
@@ -168,9 +170,10 @@ async def _fold_in_workers(conn: asyncpg.Connection, dsn: str, scratch: str, liv
     A worker that fails makes the replay fail before anything is swapped (the live read models
     stay as they are, as for an interrupted replay)."""
     end = await conn.fetchval(f"SELECT coalesce(max(pos), 0) FROM {live_schema}.event_store")
+    await _share_runs(conn, scratch, live_schema, workers, end)
     ctx = multiprocessing.get_context("spawn")  # never fork a process that holds an event loop
     counts = ctx.Array("q", workers * len(COUNTERS))
-    procs = [ctx.Process(target=_worker_main, args=(dsn, scratch, live_schema, end, (i, workers), counts),
+    procs = [ctx.Process(target=_worker_main, args=(dsn, scratch, live_schema, end, i, counts),
                          name=f"runlog-replay-{i}", daemon=True) for i in range(workers)]
     for p in procs:
         p.start()
@@ -194,14 +197,37 @@ async def _fold_in_workers(conn: asyncpg.Connection, dsn: str, scratch: str, liv
     return int(end)
 
 
-def _worker_main(dsn: str, scratch: str, live_schema: str, until: int, share: tuple[int, int], counts) -> None:  # type: ignore[no-untyped-def]
+async def _share_runs(conn: asyncpg.Connection, scratch: str, live_schema: str, workers: int, end: int) -> None:
+    """``{scratch}.replay_shares``: each run's worker. Biggest runs (stored bytes) first, each to
+    the least loaded worker so far (the LPT rule: at most 4/3 of the best split)."""
+    sizes = await conn.fetch(
+        f"""SELECT run_path, sum(octet_length(body)) AS size FROM {live_schema}.event_store
+            WHERE pos <= $1 GROUP BY run_path ORDER BY size DESC, run_path""", end)
+    shares = share_runs([(row["run_path"], row["size"]) for row in sizes], workers)
+    await conn.execute(f"CREATE TABLE {scratch}.replay_shares (run_path text PRIMARY KEY, worker int NOT NULL)")
+    await conn.copy_records_to_table("replay_shares", schema_name=scratch, records=shares)
+    await conn.execute(f"ANALYZE {scratch}.replay_shares")
+
+
+def share_runs(sizes: list[tuple[str, int]], workers: int) -> list[tuple[str, int]]:
+    """(run, worker) for (run, size) pairs sorted biggest first: each to the least loaded worker."""
+    load = [0] * workers
+    shares = []
+    for run, size in sizes:
+        worker = load.index(min(load))
+        load[worker] += size
+        shares.append((run, worker))
+    return shares
+
+
+def _worker_main(dsn: str, scratch: str, live_schema: str, until: int, share: int, counts) -> None:  # type: ignore[no-untyped-def]
     from events.settings import tune_service_gc
 
     tune_service_gc()  # the same long fold as the consumer's
     asyncio.run(_worker(dsn, scratch, live_schema, until, share, counts))
 
 
-async def _worker(dsn: str, scratch: str, live_schema: str, until: int, share: tuple[int, int], counts) -> None:  # type: ignore[no-untyped-def]
+async def _worker(dsn: str, scratch: str, live_schema: str, until: int, share: int, counts) -> None:  # type: ignore[no-untyped-def]
     from projections.db import init_connection
 
     conn = await asyncpg.connect(dsn)
@@ -211,7 +237,7 @@ async def _worker(dsn: str, scratch: str, live_schema: str, until: int, share: t
         # Durable enough: the swap's own commit is synchronous and flushes the WAL before it.
         await conn.execute("SET synchronous_commit = off")
         result = ReplayResult()
-        base = share[0] * len(COUNTERS)
+        base = share * len(COUNTERS)
 
         def report(done: int, _total: int) -> None:
             counts[base] = done

@@ -303,8 +303,6 @@ async def test_replay_in_worker_processes_equals_live(scoped: Scoped, local_stac
         records.append(Record(p, offsets[p], e, encode(e)))
         offsets[p] += 1
     await apply_batch(conn, "g", "topic", records, dict(enumerate(offsets)))
-    shares = await conn.fetchval("SELECT count(DISTINCT (hashtext(run_path) & 2147483647) % 2) FROM event_store")
-    assert shares == 2  # both workers get runs
     live = await dump(conn)
     await conn.execute("UPDATE runs SET state = 'killed', tags = '{}'; DELETE FROM history WHERE step > 50; "
                        "DELETE FROM history_blocks WHERE last_step > 50")
