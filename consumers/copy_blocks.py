@@ -1,4 +1,5 @@
-"""``history_blocks`` rows as PostgreSQL's binary COPY stream, built with C-speed list operations.
+"""``history_blocks`` (and ``chunk_stage``) rows as PostgreSQL's binary COPY stream, built with
+C-speed list operations.
 
 asyncpg's ``copy_records_to_table`` encodes an array element by element and asks for each
 whether it is itself a sequence (an ``isinstance`` against ``collections.abc`` ABCs): ~0.4 us a
@@ -52,5 +53,28 @@ def encode(rows: list[tuple[Any, ...]]) -> bytes:
         parts.append(_ROW_MIDDLE.pack(8, first, 8, last, 4, n, 4, rank))
         parts.append(_NULL if steps is None else _array(steps, "q", INT8_OID))
         parts.append(_array(vals, "d", FLOAT8_OID))
+    parts.append(TRAILER)
+    return b"".join(parts)
+
+
+CHUNK_COLUMNS = ["run_pk", "key", "chunk", "fresh", "n", "first_step", "last_step", "lo", "hi"]
+_CHUNK_START = struct.Struct(">hiqi")  # field count; run_pk; key's length
+_PAIR = ">iiiIiiidid"  # a float8[] of two: length 44, ndim, has nulls, oid, size, lower bound, 2 x (8, value)
+_CHUNK_REST = struct.Struct(">iqi?iiiqiq" + _PAIR[1:] + _PAIR[1:])
+
+
+def encode_chunks(rows: list[tuple[Any, ...]]) -> bytes:
+    """The COPY stream of ``chunk_stage`` rows ``(run_pk, key, chunk, fresh, n, first_step,
+    last_step, [lo, lo order], [hi, hi order])`` (asyncpg's encoder took the array path, with an
+    ``isinstance`` against the ABCs per element, for the two pairs of every row)."""
+    parts = [HEADER]
+    start, rest = _CHUNK_START.pack, _CHUNK_REST.pack
+    for run_pk, key, chunk, fresh, n, first, last, (lo, lo_order), (hi, hi_order) in rows:
+        key_bytes = key.encode()
+        parts.append(start(9, 8, run_pk, len(key_bytes)))
+        parts.append(key_bytes)
+        parts.append(rest(8, chunk, 1, fresh, 4, n, 8, first, 8, last,
+                          44, 1, 0, FLOAT8_OID, 2, 1, 8, lo, 8, lo_order,
+                          44, 1, 0, FLOAT8_OID, 2, 1, 8, hi, 8, hi_order))
     parts.append(TRAILER)
     return b"".join(parts)

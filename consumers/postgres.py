@@ -413,8 +413,9 @@ async def _write_history(conn: asyncpg.Connection, history: dict[tuple[str, str]
         await conn.copy_to_table("history_blocks", source=memoryview(copy_blocks.encode(blocks)),
                                  columns=copy_blocks.COLUMNS, format="binary")
     if appended:
-        await conn.copy_records_to_table("chunk_stage", records=[
-            chunk for (pk, key), (steps, values, _) in appended.items() for chunk in _roll_up(pk, key, steps, values)])
+        chunks = [chunk for (pk, key), (steps, values, _) in appended.items() for chunk in _roll_up(pk, key, steps, values)]
+        await conn.copy_to_table("chunk_stage", source=memoryview(copy_blocks.encode_chunks(chunks)),
+                                 columns=copy_blocks.CHUNK_COLUMNS, format="binary")
     if staged:
         # COPY (binary, encoded in asyncpg's C code) into a per-connection staging table, then one
         # set-based upsert: several times faster than unnest() arrays encoded value by value.

@@ -242,3 +242,21 @@ async def test_blocks_copied_in_binary_read_back_exactly(scoped: Scoped) -> None
     assert values[:10] == [float(i) for i in range(10)]
     assert [repr(v) for v in values[10:]] == [repr(v) for v in floats]  # repr: -0.0 and NaN too
     assert await scoped.conn.fetch(BLOCKS_BROKEN) == []
+
+
+async def test_chunk_rows_copied_in_binary_read_back_exactly(scoped: Scoped) -> None:
+    """consumers.copy_blocks.encode_chunks: chunk_stage rows as asyncpg's own COPY would send them."""
+    from consumers import copy_blocks
+
+    conn = scoped.conn
+    rows = [(7, "loss/é", 0, True, 100, 0, 99, [-math.inf, 0.0], [math.nan, -0.0]),
+            (2**62, "acc", 2**40, False, 1, 2**46, 2**46, [5e-324, 3.0], [1.7976931348623157e308, -3.0])]
+    columns = "run_pk bigint, key text, chunk bigint, fresh boolean, n integer, first_step bigint, last_step bigint, lo float8[], hi float8[]"
+    await conn.execute(f"CREATE TEMP TABLE by_us ({columns}); CREATE TEMP TABLE by_asyncpg ({columns})")
+    await conn.copy_to_table("by_us", source=memoryview(copy_blocks.encode_chunks(rows)),
+                             columns=copy_blocks.CHUNK_COLUMNS, format="binary")
+    await conn.copy_records_to_table("by_asyncpg", records=rows, columns=copy_blocks.CHUNK_COLUMNS)
+    ours = await conn.fetch("SELECT * FROM by_us ORDER BY run_pk")
+    theirs = await conn.fetch("SELECT * FROM by_asyncpg ORDER BY run_pk")
+    assert repr([tuple(r) for r in ours]) == repr([tuple(r) for r in theirs])  # repr: NaN and -0.0 too
+    assert [tuple(r)[:7] for r in ours] == [r[:7] for r in rows]
