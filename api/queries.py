@@ -480,7 +480,7 @@ async def events_page(conn: asyncpg.Connection, run_path: str, after: int,
     out = []
     for r in rows[:page_size]:
         try:
-            event: dict[str, Any] = to_jsonable(decode(stored_body(r["body"])))
+            event: dict[str, Any] = to_jsonable(decode(stored_body(r["body"]), stored=True))
         except EventError as e:  # stored events decode; this is a guard for a changed decoder
             event = {"undecodable": str(e)}
         event["pos"] = r["pos"]

@@ -142,7 +142,7 @@ async def _fold_from(conn: asyncpg.Connection, live_schema: str, position: int, 
         for row in rows:
             try:
                 body = stored_body(row["body"])
-                event = decode(body)  # old versions are upcast here, as on the live path
+                event = decode(body, stored=True)  # old versions are upcast here, as on the live path
             except EventError:
                 result.undecodable += 1  # cannot happen for stored events unless a decoder changed
                 continue

@@ -13,7 +13,7 @@ import orjson
 from pydantic import ValidationError
 
 from .errors import EventError, InvalidEvent, OversizedEvent, TooManyKeys, UndecodableEvent, UnknownEventType
-from .model import EVENT_TYPES, AnyEvent, Event
+from .model import EVENT_TYPES, STORED, AnyEvent, Event
 from .values import MAX_EVENT_BYTES, tag_nonfinite, untag_nonfinite
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
@@ -63,8 +63,12 @@ def encode(event: Event) -> bytes:
     return data
 
 
-def decode(data: bytes) -> AnyEvent:
-    """Parse wire bytes into a typed event; raises only EventError subclasses."""
+def decode(data: bytes, *, stored: bool = False) -> AnyEvent:
+    """Parse wire bytes into a typed event; raises only EventError subclasses.
+
+    ``stored``: the bytes come from the event store, so they passed this decode when accepted; a
+    packed log's rows are then not checked again (see ``events.model._rows``). An event of an
+    older version is still checked in full after its upcast."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise UndecodableEvent(f"expected bytes, got {type(data).__name__}")
     if len(data) > MAX_EVENT_BYTES:
@@ -75,10 +79,10 @@ def decode(data: bytes) -> AnyEvent:
         raise UndecodableEvent(f"not UTF-8 JSON: {e}") from None
     except RecursionError:
         raise UndecodableEvent("JSON nested too deeply") from None
-    return decode_dict(obj)
+    return decode_dict(obj, stored=stored)
 
 
-def decode_dict(obj: Any) -> AnyEvent:
+def decode_dict(obj: Any, *, stored: bool = False) -> AnyEvent:
     """Validate already parsed (and untagged) JSON into a typed event; raises only EventError subclasses."""
     if not isinstance(obj, dict):
         raise UndecodableEvent(f"an event is a JSON object, got {_json_kind(obj)}")
@@ -88,8 +92,11 @@ def decode_dict(obj: Any) -> AnyEvent:
     cls = EVENT_TYPES.get(event_type) if isinstance(event_type, str) else None
     if cls is None:
         raise UnknownEventType(event_type, EVENT_TYPES)
+    version = SCHEMA_VERSIONS[event_type]
+    current = obj.get("v", version) == version
     try:
-        return cls.model_validate(_upcast(event_type, obj))  # type: ignore[return-value]
+        return cls.model_validate(_upcast(event_type, obj),  # type: ignore[return-value]
+                                  context=STORED if stored and current else None)
     except ValidationError as e:
         raise _invalid(event_type, e) from None
     except EventError:

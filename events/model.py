@@ -21,6 +21,7 @@ from pydantic import (
     PlainSerializer,
     PlainValidator,
     StrictBool,
+    ValidationInfo,
     StrictFloat,
     StringConstraints,
 )
@@ -194,11 +195,18 @@ class LogRow(NamedTuple):
 
 
 _ROW_FIELDS = dict.fromkeys(LogRow._fields).keys()
+STORED: dict[str, bool] = {"stored": True}  # the validation context of an event read back from the event store
 _steps, _row_values = itemgetter("step"), itemgetter("values")
 
 
-def _rows(data: Any) -> list[LogRow]:
-    """``more``: a list of rows, each ``{"step": int >= 0, "values": {...}}`` (the wire) or a LogRow."""
+def _rows(data: Any, info: ValidationInfo) -> list[LogRow]:
+    """``more``: a list of rows, each ``{"step": int >= 0, "values": {...}}`` (the wire) or a LogRow.
+
+    Rows read back from the event store (``codec.decode(..., stored=True)``) passed these checks
+    when the event was accepted, and are only turned into LogRows: replay decodes every stored
+    row again, and the checks were a tenth of its time."""
+    if info.context is STORED and type(data) is list:
+        return list(map(LogRow, map(_steps, data), map(_row_values, data)))
     if not isinstance(data, (list, tuple)):
         raise ValueError(f"must be a list of rows, not {type(data).__name__}")
     if len(data) > MAX_PACKED_ROWS:
