@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import consumers.postgres
+import consumers.replay
 from consumers.postgres import Record, apply_batch
 from consumers.replay import KEPT_TABLES, READ_MODEL_TABLES, READ_MODEL_VIEWS, replay
 from events import (AlertPayload, Event, FinishPayload, HeartbeatPayload, InitPayload, LogPayload, LogRow, MetricPayload,
@@ -180,14 +181,17 @@ def deliveries(draw: st.DrawFn) -> list[tuple[list[Record], dict[int, int]]]:
                                                                  HealthCheck.too_slow, HealthCheck.data_too_large,
                                                                  HealthCheck.large_base_example])
 @given(stream=deliveries(), fewest=st.sampled_from([1, 2, MIN_BLOCK_POINTS]),
-       most=st.sampled_from([2, 3, BLOCK_POINTS]))
+       most=st.sampled_from([2, 3, BLOCK_POINTS]), replay_batch=st.sampled_from([1, 3, consumers.replay.BATCH_FIRST]))
 async def test_live_projections_equal_a_full_replay(scoped: Scoped, stream: list[tuple[list[Record], dict[int, int]]],
-                                                    fewest: int, most: int) -> None:
-    """With history blocks from a point up (the streams are short), split every few points."""
+                                                    fewest: int, most: int, replay_batch: int) -> None:
+    """With history blocks from a point up (the streams are short), split every few points, and
+    replay batches of a few events (each next batch sized from the last one's stored bytes)."""
     conn = scoped.conn
     await conn.execute("TRUNCATE " + ", ".join([*READ_MODEL_TABLES, "event_store", "consumer_offsets"]))
     with (patch.object(consumers.postgres, "MIN_BLOCK_POINTS", fewest),
-          patch.object(consumers.postgres, "BLOCK_POINTS", most)):
+          patch.object(consumers.postgres, "BLOCK_POINTS", most),
+          patch.object(consumers.replay, "BATCH_FIRST", replay_batch),
+          patch.object(consumers.replay, "BATCH_BYTES", replay_batch * 300)):
         for records, consumed in stream:
             await apply_batch(conn, "g", "topic", records, consumed)
         live = await dump(conn)
