@@ -375,17 +375,20 @@ async def _write_history(conn: asyncpg.Connection, history: dict[tuple[str, str]
     nothing per point in Python beyond the COPY's encoding (:func:`_new_points`)."""
     appended: dict[tuple[int, str], Points] = {}
     staged: list[tuple[Any, ...]] = []
+    plain: set[tuple[int, str]] = set()  # new points all floats without NaN, as the fold found them
     for (path, key), columns in history.items():
         pk, last = pks[path], before_last.get(path)
         new = _new_points(columns, last)
         if new is None:
             new = _sort_points(pk, key, columns, last, staged)
+        elif all(c.plain for c in columns):
+            plain.add((pk, key))
         if new[0]:
             appended[(pk, key)] = new
     upserted = {(pk, key) for pk, key, *_ in staged}
     blockable = [(pk, key) for (pk, key), (steps, values, rank) in appended.items()
                  if len(steps) >= MIN_BLOCK_POINTS and (pk, key) not in upserted and type(rank) is int
-                 and None not in values]
+                 and ((pk, key) in plain or None not in values)]
     if blockable:  # a block's COPY meets no key that would catch a broken invariant: look first
         after = {pk: before_last.get(path) for path, pk in pks.items()}
         broken = await conn.fetch(STORED_PAST_SQL, [g[0] for g in blockable], [g[1] for g in blockable],
@@ -413,7 +416,8 @@ async def _write_history(conn: asyncpg.Connection, history: dict[tuple[str, str]
         await conn.copy_to_table("history_blocks", source=memoryview(copy_blocks.encode(blocks)),
                                  columns=copy_blocks.COLUMNS, format="binary")
     if appended:
-        chunks = [chunk for (pk, key), (steps, values, _) in appended.items() for chunk in _roll_up(pk, key, steps, values)]
+        chunks = [chunk for (pk, key), (steps, values, _) in appended.items()
+                  for chunk in _roll_up(pk, key, steps, values, (pk, key) in plain)]
         await conn.copy_to_table("chunk_stage", source=memoryview(copy_blocks.encode_chunks(chunks)),
                                  columns=copy_blocks.CHUNK_COLUMNS, format="binary")
     if staged:
@@ -454,6 +458,8 @@ def _new_points(columns: list[HistoryColumn], last: int | None) -> Points | None
         return None
     if (last is not None and steps[0] <= last) or not all(map(operator.lt, steps, islice(steps, 1, None))):
         return None
+    if all(c.plain for c in columns):  # the fold checked the values already
+        return steps, values, rank
     kinds = set(map(type, values))
     if kinds == {float}:
         return steps, values, rank
@@ -500,19 +506,20 @@ def _point_rows(pk: int, key: str, points: Points, json: bool = False) -> list[t
     return [(pk, key, s, v, r) for s, v, r in zip(steps, values, ranks)]
 
 
-def _roll_up(pk: int, key: str, steps: list[int], values: list[float | None]) -> list[tuple[Any, ...]]:
+def _roll_up(pk: int, key: str, steps: list[int], values: list[float | None], plain: bool = False) -> list[tuple[Any, ...]]:
     """chunk_stage rows (all fresh) for new points of one (run, key), steps ascending: per chunk
     the count, first and last step, and the lowest and highest point, in PostgreSQL's float8
     order (-inf lowest, NaN highest and equal to NaN) with its tie rule (the lowest step), so
     they merge exactly like the SQL roll-up of the upsert path. A chunk of plain numbers takes
-    min/max/index over its slice; one with a NaN or a null goes point by point."""
+    min/max/index over its slice; one with a NaN or a null goes point by point. ``plain``: the
+    caller knows every value is a float and none NaN."""
     out = []
     i, n = 0, len(steps)
     while i < n:
         chunk = steps[i] // CHUNK_STEPS
         j = bisect.bisect_left(steps, (chunk + 1) * CHUNK_STEPS, i)
         vals = values[i:j]
-        if not _plain_numbers(vals):
+        if not plain and not _plain_numbers(vals):
             out += _roll_up_points(pk, key, chunk, steps[i:j], vals)
         else:
             lo, hi = min(vals), max(vals)  # type: ignore[type-var]

@@ -92,6 +92,7 @@ class HistoryColumn(NamedTuple):
     rank: int
     steps: list[int]
     values: list[Any]  # as logged: int or float (NaN and infinities included), or any other JSON value
+    plain: bool = False  # known: every value a float, none NaN (the writer then skips its own checks)
 
 
 def history_points(rows: list[Any]) -> list[HistoryRow]:
@@ -267,12 +268,15 @@ def _absorb_logs(state: RunState, events: list[RunLog]) -> tuple[RunState, list[
     columns, top = _gather(events)
     stats = dict(state.stats)
     rank = events[0].source.rank
+    plain: set[str] = set()  # keys whose column is all floats without NaN (one rank only)
     if all(e.source.rank == rank for e in events):
         keys = list(columns[rank or 0])
         for key, (steps, values) in columns[rank or 0].items():
-            stats[key] = st = update_stats(stats.get(key), values[0], steps[0], rank)  # a copy of its own
-            if len(steps) > 1:
-                accumulate_many(st, steps[1:], values[1:], rank)
+            first = values[0]
+            stats[key] = st = update_stats(stats.get(key), first, steps[0], rank)  # a copy of its own
+            if (accumulate_many(st, steps[1:], values[1:], rank) if len(steps) > 1 else True) and (
+                    type(first) is float and first == first):
+                plain.add(key)
     else:
         touched: dict[str, None] = {}  # in first-touch order
         for event in events:
@@ -287,7 +291,7 @@ def _absorb_logs(state: RunState, events: list[RunLog]) -> tuple[RunState, list[
     last = top if state.last_step is None else max(state.last_step, top)
     summary = recompute(state.summary, keys, state.metrics, stats, state.overrides)
     summary["_step"] = last
-    rows: list[Row] = [HistoryColumn(key, r, steps, values)
+    rows: list[Row] = [HistoryColumn(key, r, steps, values, key in plain)
                        for r, by_key in columns.items() for key, (steps, values) in by_key.items()]
     return replace(state, summary=summary, stats=stats, last_step=last, updated_at=events[-1].time), rows
 

@@ -81,6 +81,7 @@ def accumulate(stats: Stats, value: Any, step: int, rank: int | None) -> None:
 # ``total += v`` gives, at a fifth of the cost. From 3.12 on sum() compensates (Neumaier), which
 # would make a key's sum depend on how its points were batched, so the loop stays there.
 _SEQUENTIAL_SUM = sys.version_info < (3, 12)
+_FLOATS = {float}
 
 
 def _no_nan(numbers: list[float | int]) -> bool:
@@ -90,18 +91,18 @@ def _no_nan(numbers: list[float | int]) -> bool:
     return total == total
 
 
-def accumulate_many(stats: Stats, steps: list[int], values: list[Any], rank: int | None) -> None:
+def accumulate_many(stats: Stats, steps: list[int], values: list[Any], rank: int | None) -> bool:
     """``accumulate`` for each (step, value) in order, by one rank. When every value is a number
     and none is NaN (the usual logged metric) it takes list operations: min/max in C, the sum
     still added one value at a time (see _SEQUENTIAL_SUM), so it is the same float as adding
-    them one by one."""
+    them one by one. Returns whether every value was a float and none NaN (a plain column)."""
     if not values:
-        return
+        return True
     kinds = set(map(type, values))
     if not kinds <= {float, int} or not _no_nan(values):
         for step, value in zip(steps, values):
             accumulate(stats, value, step, rank)
-        return
+        return False
     neg_rank = -(rank or 0)
     at, top = stats["at"], max(steps)
     if top > at[0] or (top == at[0] and neg_rank >= at[1]):  # the later of the points at the top step
@@ -125,6 +126,7 @@ def accumulate_many(stats: Stats, steps: list[int], values: list[Any], rank: int
             total += v
     stats["sum"] = total
     stats["count"] += len(numbers)
+    return kinds == _FLOATS
 
 
 def match(definitions: dict[str, Definition], key: str) -> Definition | None:

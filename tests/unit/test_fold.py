@@ -375,7 +375,7 @@ def test_events_before_init_create_the_run_implicitly_as_running():
     assert rows == [
         TransitionRow(from_state=None, to_state="running", accepted=True, event_time=e.time, event_id=e.id,
                       actor="sdk", reason="implicit start: no run.init seen"),
-        HistoryColumn("loss", 0, [2], [1.5]),
+        HistoryColumn("loss", 0, [2], [1.5], plain=True),
     ]
     assert state.summary == {"loss": 1.5, "_step": 2} and state.last_step == 2
 
@@ -676,6 +676,17 @@ def test_packs_of_rows_with_the_same_keys_fold_like_their_rows_one_by_one(packs)
     expected = fold_all(unpacked, start)
     assert same(normal(fold_logs(start, packs)), normal(expected))
     assert same(normal(fold_all(packs, start)), normal(expected))
+
+
+@PROPS
+@given(event_lists(max_size=30, payloads=LOG_HEAVY, ranks=3, skew=3), uniform_packs())
+def test_a_column_said_plain_holds_only_floats_without_nan(events, packs):
+    """The consumer skips its own value checks for a ``plain`` column (consumers.postgres)."""
+    for folded in (fold_grouped(events), fold_logs(running(), packs)):
+        for c in folded[1]:
+            if isinstance(c, HistoryColumn) and c.plain:
+                assert all(type(v) is float and v == v for v in c.values), c
+    assert any(c.plain for c in fold_logs(running(), [ev(RunLog, LogPayload(step=1, values={"a": 1.0}))])[1])
 
 
 def fold_grouped(events):

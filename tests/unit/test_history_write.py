@@ -67,10 +67,21 @@ def columns(draw: st.DrawFn) -> list[HistoryColumn]:
     out = []
     for _ in range(draw(st.integers(1, 4))):
         n = draw(st.integers(1, 12))
+        values = draw(st.lists(VALUES, min_size=n, max_size=n))
+        plain = all(type(v) is float and v == v for v in values) and draw(st.booleans())  # as the fold may say
         out.append(HistoryColumn("k", draw(st.sampled_from([0, 0, 0, 1, 2])),
-                                 draw(st.lists(st.integers(0, 30), min_size=n, max_size=n)),
-                                 draw(st.lists(VALUES, min_size=n, max_size=n))))
+                                 draw(st.lists(st.integers(0, 30), min_size=n, max_size=n)), values, plain))
     return out
+
+
+@given(st.lists(st.tuples(st.integers(0, 150), st.floats(allow_nan=False)), min_size=1, max_size=300))
+def test_a_plain_column_rolls_up_as_when_its_values_are_checked(gaps_and_values) -> None:
+    steps, step = [], -1
+    for gap, _ in gaps_and_values:
+        step += gap + 1
+        steps.append(step)
+    values = [v for _, v in gaps_and_values]
+    assert repr(_roll_up(1, "k", steps, values, True)) == repr(_roll_up(1, "k", steps, values))
 
 
 def split_truth(cols: list[HistoryColumn], last: int | None) -> tuple[dict[int, Any], dict[int, Any]]:
