@@ -373,10 +373,20 @@ ORDER BY key, step
 """.format(points=HISTORY_POINTS)
 
 
+# Each key's first and last step with a number, and its count of numbers up to $3 (enough to
+# tell whether it has more than the samples asked for): three short reads of the primary key
+# instead of an aggregate over every chunk (10,000 for a 1M-point key, ~2.5 ms).
 CHUNK_BOUNDS_SQL = """
-SELECT key, min(first_step) AS lo, max(last_step) AS hi, sum(n)::bigint AS n
-FROM history_chunks WHERE run_pk = $1 AND key = ANY($2::text[]) AND n > 0
-GROUP BY key
+SELECT * FROM (
+    SELECT k.key,
+           (SELECT first_step FROM history_chunks
+            WHERE run_pk = $1 AND key = k.key AND n > 0 ORDER BY chunk LIMIT 1) AS lo,
+           (SELECT last_step FROM history_chunks
+            WHERE run_pk = $1 AND key = k.key AND n > 0 ORDER BY chunk DESC LIMIT 1) AS hi,
+           (SELECT sum(n)::bigint FROM (SELECT n FROM history_chunks
+                                        WHERE run_pk = $1 AND key = k.key AND n > 0 ORDER BY chunk LIMIT $3) c) AS n
+    FROM unnest($2::text[]) AS k(key)
+) b WHERE lo IS NOT NULL
 """
 
 # Buckets of whole chunks: each bucket's extremes are the extremes of its chunks' extremes.
@@ -426,7 +436,7 @@ async def history_sampled(conn: asyncpg.Connection, pk: int, keys: list[str], sa
     """
     buckets = max(1, samples // 2)
     by_chunks: dict[str, int] = {}
-    for b in await conn.fetch(CHUNK_BOUNDS_SQL, pk, keys):
+    for b in await conn.fetch(CHUNK_BOUNDS_SQL, pk, keys, samples + 1):  # a chunk holds one number or more
         if b["n"] > samples and buckets >= 2 and (b["hi"] - b["lo"]) // buckets + 1 >= CHUNK_STEPS:
             # A whole number of chunks per bucket, sized for one bucket fewer: the aligned
             # buckets then still number at most `buckets`.
