@@ -358,9 +358,9 @@ async def _stream_history(pool: asyncpg.Pool, pk: int, keys: list[str] | None, s
     """History rows as NDJSON, fetched in large pages so memory stays bounded."""
     while True:
         async with pool.acquire() as conn:
-            rows, next_step = await queries.history_page(conn, pk, keys, start, max_step, 10_000)
-        if rows:
-            yield b"".join([orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) for row in rows])
+            lines, next_step = await queries.history_ndjson(conn, pk, keys, start, max_step, 10_000)
+        if lines:
+            yield lines
         if next_step is None:
             return
         start = next_step
