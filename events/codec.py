@@ -13,7 +13,7 @@ import orjson
 from pydantic import ValidationError
 
 from .errors import EventError, InvalidEvent, OversizedEvent, TooManyKeys, UndecodableEvent, UnknownEventType
-from .model import EVENT_TYPES, STORED, AnyEvent, Event
+from .model import EVENT_TYPES, ROWS_CHECKED, AnyEvent, Event
 from .values import MAX_EVENT_BYTES, tag_nonfinite, untag_nonfinite
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
@@ -96,7 +96,7 @@ def decode_dict(obj: Any, *, stored: bool = False) -> AnyEvent:
     current = obj.get("v", version) == version
     try:
         return cls.model_validate(_upcast(event_type, obj),  # type: ignore[return-value]
-                                  context=STORED if stored and current else None)
+                                  context=ROWS_CHECKED if stored and current else None)
     except ValidationError as e:
         raise _invalid(event_type, e) from None
     except EventError:

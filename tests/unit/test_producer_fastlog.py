@@ -12,6 +12,8 @@ import math
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import producer
 from events import RunRef, Source
@@ -252,3 +254,22 @@ def test_small_queue_spills_raw_events_on_the_callers_thread(tmp_path):
         assert len(transport._queue) <= 4
     transport.close(0.1)  # the stalled spooler drains once closing
     assert [seq for seq, _, _ in spooled_rows(tmp_path / "w.spool")] == list(range(500))
+
+
+def _nonfinite_reference(values):
+    return any((type(v) is float and not math.isfinite(v))
+               or (type(v) is list and any(type(x) is float and not math.isfinite(x) for x in v))
+               for v in values.values())
+
+
+_scalars = (st.floats() | st.sampled_from([1.7e308, -1.7e308, math.inf, -math.inf, math.nan])
+            | st.integers(-(2**63), 2**63 - 1) | st.booleans() | st.none() | st.text(max_size=3))
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=5), _scalars | st.lists(_scalars, max_size=3), max_size=8))
+def test_nonfinite_finds_every_nan_and_infinity(values):
+    """_nonfinite takes one sum for the usual row of numbers (finite sum: every value finite; an
+    overflow of finite values or anything else takes the loop)."""
+    from producer._transport import _nonfinite
+
+    assert _nonfinite(values) == _nonfinite_reference(values)
