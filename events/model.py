@@ -21,9 +21,9 @@ from pydantic import (
     PlainSerializer,
     PlainValidator,
     StrictBool,
-    ValidationInfo,
     StrictFloat,
     StringConstraints,
+    ValidationInfo,
 )
 
 from .ids import new_event_id, utcnow
