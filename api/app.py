@@ -334,7 +334,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with pool(request).acquire() as conn:
             pk = await run_pk_or_404(conn, entity, project, run_id)
             if not stream:
-                rows, next_step = await queries.history_page(conn, pk, wanted, start, max_step, page_size)
+                rows, next_step = await queries.history_json(conn, pk, wanted, start, max_step, page_size)
         if stream:
             return StreamingResponse(_stream_history(pool(request), pk, wanted, start, max_step),
                                      media_type="application/x-ndjson")

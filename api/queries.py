@@ -156,25 +156,41 @@ async def history_page(conn: asyncpg.Connection, pk: int, keys: list[str] | None
 async def history_ndjson(conn: asyncpg.Connection, pk: int, keys: list[str] | None, start: int,
                          max_step: int | None, page_size: int) -> tuple[bytes, int | None]:
     """:func:`history_page` as NDJSON bytes: what ``orjson.dumps`` writes for each row, a line
-    each. One key of plain numbers (a scan's hot path) skips the rows: see :func:`ndjson_column`."""
+    each. One key of plain numbers (a scan's hot path) skips the rows: see :func:`column_objects`."""
+    return await _history_encoded(conn, pk, keys, start, max_step, page_size, b"\n")
+
+
+async def history_json(conn: asyncpg.Connection, pk: int, keys: list[str] | None, start: int,
+                       max_step: int | None, page_size: int) -> tuple[orjson.Fragment, int | None]:
+    """:func:`history_page`'s rows as one JSON array, ready to embed in a response."""
+    objects, next_step = await _history_encoded(conn, pk, keys, start, max_step, page_size, b",")
+    return orjson.Fragment(b"[" + objects + b"]"), next_step
+
+
+async def _history_encoded(conn: asyncpg.Connection, pk: int, keys: list[str] | None, start: int,
+                           max_step: int | None, page_size: int, sep: bytes) -> tuple[bytes, int | None]:
+    """A page's rows as JSON objects, each followed by ``sep`` (a newline) or separated by it."""
     wanted = keys if keys else await history_keys(conn, pk)
     per_key = await _key_points(conn, pk, wanted, start, max_step, page_size + 1)
     if len(per_key) == 1 and per_key[0][3] is None and _plain(per_key[0][2]):
         key, steps, vals, _ = per_key[0]
         n = min(len(steps), page_size)
-        return ndjson_column(key, steps[:n], vals[:n]), (steps[page_size] if len(steps) > page_size else None)
-    rows, next_step = _page_rows(per_key, keys, page_size)
-    return b"".join([orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) for row in rows]), next_step
+        objects = column_objects(key, steps[:n], vals[:n], sep)
+        next_step = steps[page_size] if len(steps) > page_size else None
+    else:
+        rows, next_step = _page_rows(per_key, keys, page_size)
+        objects = sep.join([orjson.dumps(row) for row in rows])
+    return (objects + sep if objects and sep == b"\n" else objects), next_step
 
 
 _ROW_START = b'{"_step":'
 
 
-def ndjson_column(key: str, steps: list[int], vals: list[float | None]) -> bytes:
-    """The NDJSON lines ``{"_step": s, key: v}`` of one key's points (finite floats or None), as
-    orjson writes them, built from two orjson lists cut at their commas and interleaved with the
-    lines' fixed parts by slice assignment: a handful of C calls for a page, where a dict and a
-    ``dumps`` per point had been most of a scan's time."""
+def column_objects(key: str, steps: list[int], vals: list[float | None], sep: bytes) -> bytes:
+    """The JSON objects ``{"_step": s, key: v}`` of one key's points (finite floats or None), as
+    orjson writes them, joined by ``sep``: two orjson lists cut at their commas, interleaved
+    with the objects' fixed parts by slice assignment. A handful of C calls for a page, where a
+    dict and a ``dumps`` per point had been most of a scan's time."""
     n = len(steps)
     if not n:
         return b""
@@ -182,8 +198,8 @@ def ndjson_column(key: str, steps: list[int], vals: list[float | None]) -> bytes
     parts[0::4] = orjson.dumps(steps)[1:-1].split(b",")
     parts[1::4] = [b"," + orjson.dumps(key) + b":"] * n
     parts[2::4] = orjson.dumps(vals)[1:-1].split(b",")
-    parts[3::4] = [b"}\n" + _ROW_START] * n
-    return _ROW_START + b"".join(parts)[:-len(_ROW_START)]
+    parts[3::4] = [b"}" + sep + _ROW_START] * n
+    return _ROW_START + b"".join(parts)[:-len(sep) - len(_ROW_START)]
 
 
 def _page_rows(per_key: list[KeyPoints], keys: list[str] | None, page_size: int) -> tuple[list[dict[str, Any]], int | None]:

@@ -380,7 +380,7 @@ def test_sampled_history_keeps_a_spike_hidden_in_ten_thousand_points(api_url: st
     assert status == 200 and len(lines) == 10_000
     assert lines[7777] == {"_step": 7777, "loss": 1000.0} and math.isnan(lines[1234]["loss"])
     assert sum(1 for _ in read.scan_history(keys=["epoch"], page_size=3000)) == 10_000
-    # a key of plain numbers streams by the column path (api.queries.ndjson_column): the same rows
+    # a key of plain numbers streams by the column path (api.queries.column_objects): the same rows
     status, epochs = get(api_url, f"/api/v1/runs/{ENTITY}/{project}/long/history", {"keys": "epoch"},
                          headers={"Accept": "application/x-ndjson"})
     assert status == 200 and epochs == list(read.scan_history(keys=["epoch"], page_size=3000))
