@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-import math
 import operator
 from collections import defaultdict
 from dataclasses import dataclass, fields
@@ -28,6 +27,7 @@ from events.codec import dumps
 from events import Event, RunLog
 from projections.db import BLOCK_POINTS, CHUNK_STEPS, MIN_BLOCK_POINTS, store_body
 from projections.fold import AlertRow, HistoryColumn, MetricRow, RunState, TransitionRow, fold, fold_logs
+from projections.summary import no_nan
 
 from . import copy_blocks
 
@@ -378,10 +378,11 @@ async def _write_history(conn: asyncpg.Connection, history: dict[tuple[str, str]
     plain: set[tuple[int, str]] = set()  # new points all floats without NaN, as the fold found them
     for (path, key), columns in history.items():
         pk, last = pks[path], before_last.get(path)
-        new = _new_points(columns, last)
+        fold_checked = all(c.plain for c in columns)
+        new = _new_points(columns, last, fold_checked)
         if new is None:
             new = _sort_points(pk, key, columns, last, staged)
-        elif all(c.plain for c in columns):
+        elif fold_checked:
             plain.add((pk, key))
         if new[0]:
             appended[(pk, key)] = new
@@ -445,9 +446,10 @@ def _block_rows(pk: int, key: str, points: Points) -> list[tuple[Any, ...]]:
     return out
 
 
-def _new_points(columns: list[HistoryColumn], last: int | None) -> Points | None:
+def _new_points(columns: list[HistoryColumn], last: int | None, plain: bool = False) -> Points | None:
     """The points of one (run, key) when they are the usual case: one rank, steps ascending without
-    a repeat and past ``last``, every value a number. Else None (see :func:`_sort_points`)."""
+    a repeat and past ``last``, every value a number. Else None (see :func:`_sort_points`).
+    ``plain``: every column is (the fold found its values all floats, none NaN)."""
     rank = columns[0].rank
     if len(columns) == 1:
         steps, values = columns[0].steps, columns[0].values
@@ -458,7 +460,7 @@ def _new_points(columns: list[HistoryColumn], last: int | None) -> Points | None
         return None
     if (last is not None and steps[0] <= last) or not all(map(operator.lt, steps, islice(steps, 1, None))):
         return None
-    if all(c.plain for c in columns):  # the fold checked the values already
+    if plain:  # the fold checked the values already
         return steps, values, rank
     kinds = set(map(type, values))
     if kinds == {float}:
@@ -519,7 +521,7 @@ def _roll_up(pk: int, key: str, steps: list[int], values: list[float | None], pl
         chunk = steps[i] // CHUNK_STEPS
         j = bisect.bisect_left(steps, (chunk + 1) * CHUNK_STEPS, i)
         vals = values[i:j]
-        if not plain and not _plain_numbers(vals):
+        if not plain and not no_nan(vals):
             out += _roll_up_points(pk, key, chunk, steps[i:j], vals)
         else:
             lo, hi = min(vals), max(vals)  # type: ignore[type-var]
@@ -528,16 +530,6 @@ def _roll_up(pk: int, key: str, steps: list[int], values: list[float | None], pl
             out.append((pk, key, chunk, True, j - i, steps[i], steps[j - 1], [lo, float(lo_step)], [hi, -float(hi_step)]))
         i = j
     return out
-
-
-def _plain_numbers(values: list[float | None]) -> bool:
-    """No None and no NaN among ``values``, in one pass in C (a NaN, or inf and -inf, make the sum
-    NaN; None cannot be added): ``None in`` plus ``any(map(isnan))`` took three times as long."""
-    try:
-        total = sum(values)  # type: ignore[arg-type]
-    except TypeError:
-        return False
-    return total == total
 
 
 def _roll_up_points(pk: int, key: str, chunk: int, steps: list[int], values: list[float | None]) -> list[tuple[Any, ...]]:
