@@ -157,7 +157,8 @@ async def history_ndjson(conn: asyncpg.Connection, pk: int, keys: list[str] | No
                          max_step: int | None, page_size: int) -> tuple[bytes, int | None]:
     """:func:`history_page` as NDJSON bytes: what ``orjson.dumps`` writes for each row, a line
     each. One key of plain numbers (a scan's hot path) skips the rows: see :func:`column_objects`."""
-    return await _history_encoded(conn, pk, keys, start, max_step, page_size, b"\n")
+    lines, next_step = await _history_encoded(conn, pk, keys, start, max_step, page_size, b"\n")
+    return (lines + b"\n" if lines else lines), next_step
 
 
 async def history_json(conn: asyncpg.Connection, pk: int, keys: list[str] | None, start: int,
@@ -169,7 +170,7 @@ async def history_json(conn: asyncpg.Connection, pk: int, keys: list[str] | None
 
 async def _history_encoded(conn: asyncpg.Connection, pk: int, keys: list[str] | None, start: int,
                            max_step: int | None, page_size: int, sep: bytes) -> tuple[bytes, int | None]:
-    """A page's rows as JSON objects, each followed by ``sep`` (a newline) or separated by it."""
+    """A page's rows as JSON objects, separated by ``sep``."""
     wanted = keys if keys else await history_keys(conn, pk)
     per_key = await _key_points(conn, pk, wanted, start, max_step, page_size + 1)
     if len(per_key) == 1 and per_key[0][3] is None and _plain(per_key[0][2]):
@@ -180,7 +181,7 @@ async def _history_encoded(conn: asyncpg.Connection, pk: int, keys: list[str] | 
     else:
         rows, next_step = _page_rows(per_key, keys, page_size)
         objects = sep.join([orjson.dumps(row) for row in rows])
-    return (objects + sep if objects and sep == b"\n" else objects), next_step
+    return objects, next_step
 
 
 _ROW_START = b'{"_step":'

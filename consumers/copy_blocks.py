@@ -58,7 +58,6 @@ def encode(rows: list[tuple[Any, ...]]) -> bytes:
 
 
 CHUNK_COLUMNS = ["run_pk", "key", "chunk", "fresh", "n", "first_step", "last_step", "lo", "hi"]
-_CHUNK_START = struct.Struct(">hiqi")  # field count; run_pk; key's length
 _PAIR = ">iiiIiiidid"  # a float8[] of two: length 44, ndim, has nulls, oid, size, lower bound, 2 x (8, value)
 _CHUNK_REST = struct.Struct(">iqi?iiiqiq" + _PAIR[1:] + _PAIR[1:])
 
@@ -68,7 +67,7 @@ def encode_chunks(rows: list[tuple[Any, ...]]) -> bytes:
     last_step, [lo, lo order], [hi, hi order])`` (asyncpg's encoder took the array path, with an
     ``isinstance`` against the ABCs per element, for the two pairs of every row)."""
     parts = [HEADER]
-    start, rest = _CHUNK_START.pack, _CHUNK_REST.pack
+    start, rest = _ROW_START.pack, _CHUNK_REST.pack
     for run_pk, key, chunk, fresh, n, first, last, (lo, lo_order), (hi, hi_order) in rows:
         key_bytes = key.encode()
         parts.append(start(9, 8, run_pk, len(key_bytes)))
