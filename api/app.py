@@ -29,6 +29,7 @@ from projections.db import create_pool
 from . import commands, queries
 from .auth import AuthError, authorize, ensure_dev_key
 from .filters import FilterError, parse_field, parse_filters, parse_order
+from .runs_index import RunsIndex
 from .writer import KafkaUnavailable, Writer
 
 log = logging.getLogger("runlog.api")
@@ -43,6 +44,7 @@ FiltersParam = Annotated[str | None, Query(
 class State(TypedDict):
     pool: asyncpg.Pool
     writer: Writer
+    runs_index: RunsIndex
 
 
 class JSONResponse(Response):
@@ -79,7 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await ensure_dev_key(conn, settings)
             except (OSError, asyncpg.PostgresError) as exc:  # not migrated yet, or no database: reads say so
                 log.warning("could not ensure the development API key: %r", exc)
-            yield {"pool": pool, "writer": writer}
+            index = RunsIndex(queries.LIST_COLUMNS, queries.run_dict, max_runs=settings.api_runs_index)
+            yield {"pool": pool, "writer": writer, "runs_index": index}
         finally:
             await writer.close()
             await pool.close()
@@ -217,7 +220,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         parsed, sort = parse_filters(filters), parse_order(order)
         async with pool(request).acquire() as conn:
             page = await queries.runs_page(conn, entity, project, filters=parsed, sort=sort, per_page=per_page,
-                                           cursor=cursor, include_deleted=include_deleted)
+                                           cursor=cursor, include_deleted=include_deleted,
+                                           index=request.state.runs_index)
             if not page["runs"]:  # a project with runs needs no check of its own
                 await require_project(conn, entity, project)
         return ReadyJSONResponse(page)

@@ -16,6 +16,7 @@ from events.values import tag_nonfinite
 from projections.db import CHUNK_STEPS, HISTORY_POINTS, stored_body
 
 from .filters import Field, Params, Sort, compile_filter, decode_cursor, encode_cursor
+from .runs_index import RunsIndex
 
 RUN_COLUMNS = """entity, project, run_id, name, state, run_group, job_type, tags, config, summary, notes, host,
        created_at, updated_at, heartbeat_at, finished_at, exit_code, last_step, deleted, runtime"""
@@ -326,8 +327,15 @@ def runs_page_sql(entity: str, project: str, *, filters: Any, sort: Sort, per_pa
 
 
 async def runs_page(conn: asyncpg.Connection, entity: str, project: str, *, filters: Any, sort: Sort,
-                    per_page: int, cursor: str | None, include_deleted: bool) -> dict[str, Any]:
-    """One page of runs in ``sort`` order after ``cursor`` (keyset on (sort value, pk)), and the total."""
+                    per_page: int, cursor: str | None, include_deleted: bool,
+                    index: RunsIndex | None = None) -> dict[str, Any]:
+    """One page of runs in ``sort`` order after ``cursor`` (keyset on (sort value, pk)), and the total:
+    from ``index`` when it answers this filter and order, else by the SQL of :func:`runs_page_sql`."""
+    if index is not None:
+        page = await index.page(conn, entity, project, filters=filters, sort=sort, per_page=per_page,
+                                cursor=cursor, include_deleted=include_deleted)
+        if page is not None:
+            return page
     sql = runs_page_sql(entity, project, filters=filters, sort=sort, per_page=per_page, cursor=cursor,
                         include_deleted=include_deleted)
     rows = await conn.fetch(sql.page, *sql.page_args)

@@ -48,6 +48,9 @@ def _schemas(live_schema: str) -> tuple[str, str]:
 READ_MODEL_TABLES = ("runs", "history", "history_blocks", "history_chunks", "state_transitions", "writers",
                      "metric_definitions", "alerts")
 READ_MODEL_VIEWS = ("projects",)
+# Functions that read-model triggers call: they move with their tables, or dropping the scratch
+# schema after the swap would drop the triggers of the tables just swapped in (CASCADE).
+READ_MODEL_FUNCTIONS = ("runs_changed_xid()",)
 KEPT_TABLES = ("event_store", "consumer_offsets", "schema_migrations", "webhooks", "alert_deliveries", "api_keys")
 # One transaction folds about BATCH_BYTES of stored bodies (the count of the next batch follows
 # the sizes of the last one; at most BATCH events). With 5,000 packed logs (~430k rows) a
@@ -338,9 +341,13 @@ async def _swap(conn: asyncpg.Connection, live_schema: str, tables: tuple[str, .
     await conn.execute(f"CREATE SCHEMA {graveyard}")
     for view in READ_MODEL_VIEWS:
         await conn.execute(f"ALTER VIEW {live_schema}.{view} SET SCHEMA {graveyard}")
+    for function in READ_MODEL_FUNCTIONS:
+        await conn.execute(f"ALTER FUNCTION {live_schema}.{function} SET SCHEMA {graveyard}")
     for table in tables:
         await conn.execute(f"ALTER TABLE {live_schema}.{table} SET SCHEMA {graveyard}")
     for table in tables:
         await conn.execute(f"ALTER TABLE {scratch}.{table} SET SCHEMA {live_schema}")
+    for function in READ_MODEL_FUNCTIONS:
+        await conn.execute(f"ALTER FUNCTION {scratch}.{function} SET SCHEMA {live_schema}")
     for view in READ_MODEL_VIEWS:
         await conn.execute(f"ALTER VIEW {scratch}.{view} SET SCHEMA {live_schema}")
