@@ -165,13 +165,45 @@ GROUP BY run_pk, key, step / 100
 # -- measuring --------------------------------------------------------------------------------------
 
 
-def timed(client: httpx.Client, reps: int, method: str, url: str, check=None, warmup: int = 3, **kw) -> dict:
+class LiveRuns:
+    """Updates the summaries of a few runs (as training runs' log calls do) before each request: the
+    API's runs index then syncs those rows first. Its own event loop: the measuring code is sync."""
+
+    PER_REQUEST = 10
+
+    def __init__(self, database_url: str, project: str) -> None:
+        self.url, self.project, self.rng = database_url, project, random.Random(7)
+
+    def __enter__(self) -> "LiveRuns":
+        import asyncpg
+        self.loop = asyncio.new_event_loop()
+        self.conn = self.loop.run_until_complete(asyncpg.connect(self.url))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.run_until_complete(self.conn.close())
+        self.loop.close()
+
+    def touch(self, i: int, kw: dict) -> dict:
+        ids = [f"r{self.rng.randrange(10_000):07d}" for _ in range(self.PER_REQUEST)]
+        self.loop.run_until_complete(self.conn.execute(
+            """UPDATE runs SET summary = jsonb_set(summary, '{loss}', to_jsonb(round(random()::numeric, 6))),
+                               updated_at = now()
+               WHERE entity = $1 AND project = $2 AND run_id = ANY($3)""", ENTITY, self.project, ids))
+        return kw
+
+
+def timed(client: httpx.Client, reps: int, method: str, url: str, check=None, warmup: int = 3, before=None,
+          **kw) -> dict:
+    """p50/p99 of ``reps`` requests after ``warmup``; ``before(i)`` runs ahead of each, untimed."""
     for _ in range(warmup):
         r = client.request(method, url, **kw)
         r.raise_for_status()
     times = []
     body = None
-    for _ in range(reps):
+    for i in range(reps):
+        if before:
+            kw = before(i, kw)
         t = time.perf_counter()
         r = client.request(method, url, **kw)
         body = r.content
@@ -421,14 +453,29 @@ class Bench:
             return {"total": body["total"], "returned": len(body["runs"]),
                     "first_loss": [r["summary"]["loss"] for r in body["runs"][:3]]}
 
-        out["runs_page_lr"] = timed(client, reps, "GET", base, page_check, params={
-            "filters": json.dumps(FILTER_LR), "order": ORDER, "per_page": 50})
+        lr_params = {"filters": json.dumps(FILTER_LR), "order": ORDER, "per_page": 50}
+        t = time.perf_counter()
+        client.get(base, params=lr_params).raise_for_status()
+        out["runs_page_first_ms"] = round((time.perf_counter() - t) * 1000, 1)
+        print(f"  runs page, first request (the API loads the project's runs): {out['runs_page_first_ms']} ms")
+        out["runs_page_lr"] = timed(client, reps, "GET", base, page_check, params=lr_params)
         print("  runs page (lr>0.001, finished)", json.dumps(out["runs_page_lr"]))
         out["runs_page_opt"] = timed(client, reps, "GET", base, page_check, params={
             "filters": json.dumps(FILTER_OPT), "order": ORDER, "per_page": 50})
         print("  runs page (optimizer=adam, finished)", json.dumps(out["runs_page_opt"]))
         if only_runs:
             return out
+
+        def other_threshold(i: int, kw: dict) -> dict:  # a new filter each time: nothing to reuse
+            f = {"$and": [{"config.lr": {"$gt": 10 ** -(1 + 4 * ((i * 0.618) % 1))}}, {"state": "finished"}]}
+            return {**kw, "params": {**kw["params"], "filters": json.dumps(f)}}
+        out["runs_page_lr_varied"] = timed(client, reps, "GET", base, before=other_threshold, params=lr_params)
+        print("  runs page (lr > a different threshold each time)", json.dumps(out["runs_page_lr_varied"]))
+        with LiveRuns(self.s.database_url, project) as live:
+            out["runs_page_lr_live"] = timed(client, reps, "GET", base, page_check, before=live.touch,
+                                             params=lr_params)
+        print(f"  runs page while {LiveRuns.PER_REQUEST} runs' summaries change before each request",
+              json.dumps(out["runs_page_lr_live"]))
         out["runs_page_default"] = timed(client, reps, "GET", base, page_check, params={"per_page": 50})
         print("  runs page (no filter, -created_at)", json.dumps(out["runs_page_default"]))
         out["groups_optimizer"] = timed(client, reps, "GET", f"{base}/groups",

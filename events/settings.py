@@ -28,8 +28,8 @@ class Settings(BaseSettings):
     api_auth_reads: bool = Field(default=False, description="reads need an API key with the read scope too")
     entity: str | None = None
     project: str | None = None
-    api_runs_index: int = Field(default=200_000, ge=0, description="runs the API holds in memory to filter and "
-                                "sort runs lists (api/runs_index.py); bigger projects are listed by SQL; 0: off")
+    api_runs_index: int = Field(default=100_000, ge=0, description="runs the API holds in memory (~2.4 KB each) to "
+                                "filter and sort runs lists (api/runs_index.py); bigger projects go to SQL; 0: off")
 
     events_topic: str = "runlog.events"
     dlq_topic: str = "runlog.events.dlq"
