@@ -201,6 +201,7 @@ async def page_ids(conn: asyncpg.Connection, index: RunsIndex, project: str, ord
     page = await index.page(conn, ENTITY, project, filters=tree, sort=parse_order(order), per_page=50, cursor=None,
                             include_deleted=False)
     assert page is not None
+    page = orjson.loads(orjson.dumps(page))  # runs are served as JSON fragments
     return [r["run_id"] for r in page["runs"]], page["total"]
 
 
