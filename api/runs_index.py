@@ -309,9 +309,10 @@ class ProjectRuns:
             equal = self._plain_equal(f, col, operand)
             return _known(equal, missing) if op == "$eq" else _known(~equal)
         if op in ("$in", "$nin"):
-            found = np.zeros(len(col.kind), bool)
-            for item in operand:
-                found |= self._plain_equal(f, col, item)
+            if f.kind == "time":
+                found = np.isin(col.num, [_us(parse_time(f.name, item)) for item in operand]) & ~missing
+            else:
+                found = np.isin(col.code, [col.codes.get(item, -2) for item in operand])
             return _known(found, missing) if op == "$in" else _known(~found)
         return _known(_compare(op, col.num, _us(parse_time(f.name, operand))), missing)
 
@@ -463,8 +464,9 @@ class RunsIndex:
             checked = self.too_big.get(key)
             if self.max_runs <= 0 or checked is not None and time.monotonic() - checked < TOO_BIG_RECHECK_S:
                 return None
-            count = await conn.fetchval("SELECT count(*) FROM runs WHERE entity = $1 AND project = $2",
-                                        entity, project)
+            count = await conn.fetchval(  # stops past the limit: a 1M-run project is not counted through
+                "SELECT count(*) FROM (SELECT FROM runs WHERE entity = $1 AND project = $2 LIMIT $3) r",
+                entity, project, self.max_runs + 1)
             if count == 0:
                 return None  # unknown projects stay out (the SQL path answers their 404)
             if count > self.max_runs:
@@ -485,8 +487,12 @@ class RunsIndex:
             runs.filenode = head["filenode"]
             runs.apply(rows, self.run_dict)
             runs.snap_xmin = head["snap_xmin"]
+        if len(runs) > self.max_runs:  # it grew past the limit: the SQL lists it from now on
+            self.projects.pop(key, None)
+            self.too_big[key] = time.monotonic()
+            return None
         self._evict()
-        return runs if len(runs) <= self.max_runs else None
+        return runs
 
     def _evict(self) -> None:
         total = sum(len(r) for r in self.projects.values())

@@ -260,3 +260,21 @@ async def test_a_replay_keeps_the_rows_transaction_ids_current(scoped: Scoped) -
     await conn.execute("UPDATE runs SET summary = '{\"loss\": 0.7}' WHERE run_id = 'r2'")
     assert await conn.fetchval("SELECT changed_xid::text::bigint FROM runs WHERE run_id = 'r2'") > before
     assert await page_ids(conn, index, project) == (["r2"], 1)
+
+
+async def test_projects_past_the_limit_are_left_to_the_sql(scoped: Scoped) -> None:
+    conn = scoped.conn
+    await insert(conn, "big", [run(i, 0.1 * i) for i in range(3)])
+    await insert(conn, "small", [run(i, 0.1 * i) for i in range(2)])
+    await insert(conn, "other", [run(i, 0.1 * i) for i in range(2)])
+    index = RunsIndex(queries.LIST_COLUMNS, queries.run_dict, max_runs=2)
+    kw = {"filters": None, "sort": parse_order("-created_at"), "per_page": 5, "cursor": None,
+          "include_deleted": False}
+    assert await index.page(conn, ENTITY, "big", **kw) is None
+    assert await index.page(conn, ENTITY, "unknown", **kw) is None  # no runs: the SQL answers the 404
+    assert await index.page(conn, ENTITY, "small", **kw) is not None
+    assert await index.page(conn, ENTITY, "other", **kw) is not None  # 4 runs held > 2: "small" goes
+    assert list(index.projects) == [(ENTITY, "other")]
+    await insert(conn, "other", [run(5, 0.5)])  # grows past the limit
+    assert await index.page(conn, ENTITY, "other", **kw) is None
+    assert not index.projects
