@@ -12,6 +12,7 @@ import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from unittest.mock import patch
 
 import asyncpg
 import orjson
@@ -19,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+import api.runs_index
 from api import queries
 from api.filters import FilterError, parse_order
 from api.runs_index import RunsIndex
@@ -210,7 +212,14 @@ def run(i: int, loss: float) -> dict[str, Any]:
             "summary": {"loss": loss}, "created_at": T0, "heartbeat_at": None, "deleted": False}
 
 
-async def test_the_index_sees_every_write_since_its_last_sync(scoped: Scoped, local_stack: Settings) -> None:
+@pytest.mark.parametrize("applied_in_slices_of", [1, api.runs_index.APPLY_SLICE])
+async def test_the_index_sees_every_write_since_its_last_sync(scoped: Scoped, local_stack: Settings,
+                                                              applied_in_slices_of: int) -> None:
+    with patch.object(api.runs_index, "APPLY_SLICE", applied_in_slices_of):
+        await sees_every_write(scoped, local_stack)
+
+
+async def sees_every_write(scoped: Scoped, local_stack: Settings) -> None:
     conn, project = scoped.conn, "writes"
     await insert(conn, project, [run(1, 0.1), run(2, 0.2)])
     index = RunsIndex(queries.LIST_COLUMNS, queries.run_dict)
