@@ -42,9 +42,6 @@ from .filters import (NOT_NULL, Field, Params, Sort, compile_filter, decode_curs
 
 # Kinds of a value in a column. For plain columns SQL NULL is MISSING; NULL is JSON's null.
 MISSING, NULL, NUMBER, BOOL, STRING, OTHER = range(6)
-# jsonb orders null < string < number < boolean < array < object; sorts by a key holding only
-# these kinds are answered here (a missing key sorts as JSON null: the SQL coalesces it).
-SORT_RANK = {MISSING: 0, NULL: 0, NUMBER: 1, BOOL: 2}
 EXACT = 2**53  # integers up to this are float64 exactly
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
@@ -357,6 +354,8 @@ class ProjectRuns:
         kinds = col.kind[positions]
         if f.kind == "json" and (col.inexact or bool(np.any((kinds == STRING) | (kinds == OTHER)))):
             raise Unsupported("sort values other than numbers, booleans and null")
+        # jsonb orders null < string < number < boolean < array < object, and the SQL sorts a
+        # missing key as JSON null: rank 0 for both, 1 for numbers, 2 for booleans (times: 1).
         rank = np.where(kinds == BOOL, 2, np.where(kinds == NUMBER, 1, 0)).astype(np.int8)
         num = col.num[positions]
         pks = self.pks[positions]
