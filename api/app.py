@@ -8,6 +8,7 @@ JSON has no literal for them.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -82,6 +83,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             except (OSError, asyncpg.PostgresError) as exc:  # not migrated yet, or no database: reads say so
                 log.warning("could not ensure the development API key: %r", exc)
             index = RunsIndex(queries.LIST_COLUMNS, queries.run_dict, max_runs=settings.api_runs_index)
+            # What startup made (modules, classes, the app) lives as long as the process: frozen
+            # out of the collector, a full collection no longer walks it (~10 ms a time here).
+            gc.collect()
+            gc.freeze()
             yield {"pool": pool, "writer": writer, "runs_index": index}
         finally:
             await writer.close()
