@@ -476,7 +476,11 @@ class RunsIndex:
             runs = self.projects[key] = ProjectRuns()
         self.projects.move_to_end(key)
         async with runs.lock:
-            rows = await conn.fetch(self.sync_sql, entity, project, str(runs.snap_xmin))
+            try:
+                rows = await conn.fetch(self.sync_sql, entity, project, str(runs.snap_xmin))
+            except asyncpg.UndefinedColumnError:  # a database not yet migrated to 0014: SQL only
+                self.projects.pop(key, None)
+                return None
             head = rows[0]
             if head["filenode"] != runs.filenode and runs.filenode is not None:
                 fresh = ProjectRuns()  # the table was truncated or swapped: load it again

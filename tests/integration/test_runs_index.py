@@ -287,3 +287,15 @@ async def test_projects_past_the_limit_are_left_to_the_sql(scoped: Scoped) -> No
     await insert(conn, "other", [run(5, 0.5)])  # grows past the limit
     assert await index.page(conn, ENTITY, "other", **kw) is None
     assert not index.projects
+
+
+async def test_a_database_without_changed_xid_is_listed_by_the_sql(scoped: Scoped) -> None:
+    """An API newer than the database's migrations still lists runs (by SQL) instead of failing."""
+    await insert(scoped.conn, "old", [run(1, 0.1)])
+    await scoped.conn.execute("ALTER TABLE runs DROP COLUMN changed_xid CASCADE")
+    index = RunsIndex(queries.LIST_COLUMNS, queries.run_dict)
+    kw = {"filters": None, "sort": parse_order("-created_at"), "per_page": 5, "cursor": None,
+          "include_deleted": False}
+    assert await index.page(scoped.conn, ENTITY, "old", **kw) is None
+    page = await queries.runs_page(scoped.conn, ENTITY, "old", index=index, **kw)
+    assert page["total"] == 1 and not index.projects
