@@ -140,38 +140,32 @@ async def _key_points(conn: asyncpg.Connection, pk: int, keys: list[str], start:
     return [found[k] for k in keys if k in found]
 
 
-async def history_page(conn: asyncpg.Connection, pk: int, keys: list[str] | None, start: int,
-                       max_step: int | None, page_size: int) -> tuple[list[dict[str, Any]], int | None]:
-    """One page of rows ``{"_step": n, key: value, ...}`` and the step the next page starts at.
-
-    Values are ready for ``orjson.dumps`` as they are (:func:`json_value`). Each key's next
-    ``page_size + 1`` points are read; the page is the first ``page_size`` steps of their union up
-    to the lowest last step among keys that had more (beyond it a key may have unread points).
-    With ``keys``, as in W&B's scan_history, only steps that have every requested key are rows.
-    """
-    wanted = keys if keys else await history_keys(conn, pk)
-    per_key = await _key_points(conn, pk, wanted, start, max_step, page_size + 1)
-    return _page_rows(per_key, keys, page_size)
-
-
 async def history_ndjson(conn: asyncpg.Connection, pk: int, keys: list[str] | None, start: int,
                          max_step: int | None, page_size: int) -> tuple[bytes, int | None]:
-    """:func:`history_page` as NDJSON bytes: what ``orjson.dumps`` writes for each row, a line
-    each. One key of plain numbers (a scan's hot path) skips the rows: see :func:`column_objects`."""
+    """A page of history (:func:`_history_encoded`) as NDJSON bytes: what ``orjson.dumps`` writes
+    for each row, a line each. One key of plain numbers (a scan's hot path) skips the rows: see
+    :func:`column_objects`."""
     lines, next_step = await _history_encoded(conn, pk, keys, start, max_step, page_size, b"\n")
     return (lines + b"\n" if lines else lines), next_step
 
 
 async def history_json(conn: asyncpg.Connection, pk: int, keys: list[str] | None, start: int,
                        max_step: int | None, page_size: int) -> tuple[orjson.Fragment, int | None]:
-    """:func:`history_page`'s rows as one JSON array, ready to embed in a response."""
+    """A page of history (:func:`_history_encoded`) as one JSON array, ready to embed in a response."""
     objects, next_step = await _history_encoded(conn, pk, keys, start, max_step, page_size, b",")
     return orjson.Fragment(b"[" + objects + b"]"), next_step
 
 
 async def _history_encoded(conn: asyncpg.Connection, pk: int, keys: list[str] | None, start: int,
                            max_step: int | None, page_size: int, sep: bytes) -> tuple[bytes, int | None]:
-    """A page's rows as JSON objects, separated by ``sep``."""
+    """One page of rows ``{"_step": n, key: value, ...}`` as JSON objects separated by ``sep``,
+    and the step the next page starts at.
+
+    Values are encoded as :func:`json_value` makes them. Each key's next ``page_size + 1`` points
+    are read; the page is the first ``page_size`` steps of their union up to the lowest last step
+    among keys that had more (beyond it a key may have unread points). With ``keys``, as in W&B's
+    scan_history, only steps that have every requested key are rows.
+    """
     wanted = keys if keys else await history_keys(conn, pk)
     per_key = await _key_points(conn, pk, wanted, start, max_step, page_size + 1)
     if len(per_key) == 1 and per_key[0][3] is None and _plain(per_key[0][2]):
@@ -205,7 +199,7 @@ def column_objects(key: str, steps: list[int], vals: list[float | None], sep: by
 
 
 def _page_rows(per_key: list[KeyPoints], keys: list[str] | None, page_size: int) -> tuple[list[dict[str, Any]], int | None]:
-    """The rows of a page from each key's points (see :func:`history_page`)."""
+    """The rows of a page from each key's points (see :func:`_history_encoded`)."""
     if len(per_key) == 1:  # one key (the hot path of a scan): its points are the rows, in step order
         key, steps, vals, jsons = per_key[0]
         n = min(len(steps), page_size)

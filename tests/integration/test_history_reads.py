@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 
 from api import queries
@@ -103,6 +104,13 @@ async def test_sampled_history_keeps_every_bucket_s_extremes_from_chunks_and_fro
         "SELECT count(*) FROM history_chunks WHERE run_pk = $1 AND key = 'long'", pk) == 12_000 // CHUNK_STEPS
 
 
+async def served_page(conn: asyncpg.Connection, pk: int, keys: list[str] | None, start: int, max_step: int | None,
+                      page_size: int) -> tuple[list[dict[str, Any]], int | None]:
+    """A scan page's rows as the API serves them (``queries.history_json``), read back."""
+    rows, next_step = await queries.history_json(conn, pk, keys, start, max_step, page_size)
+    return orjson.loads(orjson.dumps(rows)), next_step
+
+
 async def test_scan_pages_cover_every_step_once_across_keys_with_different_steps(scoped: Scoped) -> None:
     points: Points = {
         "a": {s: float(s) for s in range(3_000)},
@@ -115,7 +123,7 @@ async def test_scan_pages_cover_every_step_once_across_keys_with_different_steps
     async def scan(keys: list[str] | None, max_step: int | None, page_size: int) -> list[dict[str, Any]]:
         rows, start = [], 0
         while True:
-            page, start = await queries.history_page(scoped.conn, pk, keys, start, max_step, page_size)
+            page, start = await served_page(scoped.conn, pk, keys, start, max_step, page_size)
             assert len(page) <= page_size
             rows += page
             if start is None:
@@ -128,7 +136,6 @@ async def test_scan_pages_cover_every_step_once_across_keys_with_different_steps
         return [r for r in rows if not keys or all(k in r for k in keys)]
 
     def plain(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        import orjson
         return untag_nonfinite(orjson.loads(orjson.dumps(rows)))  # what a client reads
 
     for keys, max_step, page_size in [(None, None, 700), (None, 2_700, 333), (["a", "b"], None, 500),
@@ -207,7 +214,7 @@ async def test_bulk_points_go_to_blocks_and_a_late_point_moves_its_block_back_to
             (["acc"], 7, None, 10_000), (None, 1_000, 2_501, 333), (["acc"], 41, 41, 5)]:
         got, start = [], min_step
         while start is not None:
-            page, start = await queries.history_page(conn, pk, keys, start, max_step, page_size)
+            page, start = await served_page(conn, pk, keys, start, max_step, page_size)
             got += page
         wanted = keys or sorted(points)
         steps = sorted({s for k in wanted for s in points[k] if s >= min_step and (max_step is None or s <= max_step)})
