@@ -344,7 +344,8 @@ class ProjectRuns:
 
     # -- sorting and paging ----------------------------------------------------------------------
 
-    def page(self, matched: np.ndarray, sort: Sort, per_page: int, cursor: str | None) -> dict[str, Any]:
+    def page(self, matched: np.ndarray, sort: Sort, per_page: int, after: tuple[Any, int] | None) -> dict[str, Any]:
+        """The page of ``matched`` runs in ``sort`` order past ``after`` (a decoded cursor: sort value, pk)."""
         f = sort.field
         if f.kind == "json" or f.column in NOT_NULL and f.kind == "time":
             col = self.column(f)
@@ -360,14 +361,14 @@ class ProjectRuns:
         num = col.num[positions]
         pks = self.pks[positions]
         total = len(positions)
-        if cursor:
-            value, after_pk = decode_cursor(sort, cursor)
+        if after is not None:
+            value, after_pk = after
             c_rank, c_num = _sort_key(f, value)
             if sort.descending:
-                after = (rank < c_rank) | (rank == c_rank) & ((num < c_num) | (num == c_num) & (pks < after_pk))
+                past = (rank < c_rank) | (rank == c_rank) & ((num < c_num) | (num == c_num) & (pks < after_pk))
             else:
-                after = (rank > c_rank) | (rank == c_rank) & ((num > c_num) | (num == c_num) & (pks > after_pk))
-            positions, rank, num, pks = positions[after], rank[after], num[after], pks[after]
+                past = (rank > c_rank) | (rank == c_rank) & ((num > c_num) | (num == c_num) & (pks > after_pk))
+            positions, rank, num, pks = positions[past], rank[past], num[past], pks[past]
         order = np.lexsort((pks, num, rank))
         if sort.descending:
             order = order[::-1]
@@ -445,15 +446,14 @@ class RunsIndex:
                    per_page: int, cursor: str | None, include_deleted: bool) -> dict[str, Any] | None:
         """The runs page, or None when this index does not answer it (the caller runs the SQL)."""
         compile_filter(filters, Params(entity, project))  # the same checks and 400s as the SQL path
-        if cursor:
-            decode_cursor(sort, cursor)
+        after = decode_cursor(sort, cursor) if cursor else None
         if _has_nul(filters) or _has_nul(sort.field.path):
             return None  # PostgreSQL refuses NUL in text: the SQL path answers its 400
         runs = await self._synced(conn, entity, project)
         if runs is None:
             return None
         try:
-            return runs.page(runs.where(filters, include_deleted), sort, per_page, cursor)
+            return runs.page(runs.where(filters, include_deleted), sort, per_page, after)
         except Unsupported:
             return None
 
